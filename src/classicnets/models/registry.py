@@ -1,0 +1,135 @@
+"""Model registry: ``@register_model`` on each builder, ``create_model``, ``list_models``.
+
+Every builder is a function taking keyword-only ``num_classes``, ``in_channels`` and
+``input_size`` (the side of the square input) plus its own options; calling it with no
+argument builds the paper's canonical configuration. The registry also records where each
+network comes from (paper, year) and its canonical input, which the README's model table and
+the tests read.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+__all__ = [
+    "InputSizeError",
+    "ModelInfo",
+    "UnknownModelError",
+    "create_model",
+    "get_model_info",
+    "list_models",
+    "register_model",
+    "require_min_size",
+]
+
+
+class UnknownModelError(KeyError):
+    """Raised by :func:`create_model` for a name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+class InputSizeError(ValueError):
+    """Raised at build time when a network cannot take the requested ``input_size``."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about one builder."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    paper: str
+    year: int
+    num_classes: int
+    in_channels: int
+    input_size: int
+    family: str
+
+    @property
+    def canonical_kwargs(self) -> dict[str, int]:
+        return {
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "input_size": self.input_size,
+        }
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    fn: Callable[..., nn.Module] | None = None,
+    *,
+    name: str | None = None,
+    paper: str,
+    year: int,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    input_size: int = 224,
+) -> Any:
+    """Register a builder under ``name`` (default: the function's name).
+
+    ``paper``/``year`` cite the source; ``num_classes``/``in_channels``/``input_size`` state the
+    canonical configuration whose parameter count the reference table gives.
+    """
+
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or builder.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"model {key!r} is registered twice")
+        family = builder.__module__.rsplit(".", 1)[-1]
+        _REGISTRY[key] = ModelInfo(
+            key, builder, paper, year, num_classes, in_channels, input_size, family
+        )
+        return builder
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered names matching a shell-style ``pattern`` (e.g. ``"resnet*"``), sorted."""
+    _ensure_loaded()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """The :class:`ModelInfo` of ``name``; unknown names raise :class:`UnknownModelError`."""
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+        if not close:  # fall back to a prefix match so "resnet" still suggests something
+            close = [n for n in sorted(_REGISTRY) if n.startswith(name[:4])][:5]
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownModelError(
+            f"unknown model {name!r}.{hint} (`classicnets.models.list_models()` lists all "
+            f"{len(_REGISTRY)} names; on the command line pick one with model=<name>)"
+        ) from None
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the registered network ``name`` with the builder's keyword arguments."""
+    return get_model_info(name).builder(**kwargs)
+
+
+def require_min_size(input_size: int, minimum: int, model: str) -> None:
+    """Refuse an input the network cannot take, naming the smallest one it accepts."""
+    if input_size < minimum:
+        raise InputSizeError(
+            f"{model} cannot take {input_size}x{input_size} inputs: the smallest input size it "
+            f"accepts is {minimum} (set model.input_size / data.image_size >= {minimum})"
+        )
+
+
+def _ensure_loaded() -> None:
+    # Importing the package registers every family module.
+    import classicnets.models  # noqa: F401
