@@ -1,0 +1,191 @@
+"""The generic LightningModule: any registered network, any dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from classicnets.models.layers import ClassifierOutput
+from classicnets.optim import build_scheduler, param_groups
+
+__all__ = ["CheckpointError", "ImageClassifier"]
+
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1,
+                     "momentum": 0.9, "weight_decay": 5e-4}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint path that does not exist or a file that is not a classicnets checkpoint."""
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+class ImageClassifier(L.LightningModule):
+    """Trains a classifier; knows nothing about its architecture.
+
+    Args:
+        model: the network's config (``_target_`` + arguments, e.g. ``conf/model/*.yaml``) —
+            stored in the checkpoint so ``load_from_checkpoint(path)`` needs nothing else — or
+            an ``nn.Module`` (then pass ``model=`` again when loading).
+        optimizer: ``_partial_`` optimizer config (``conf/optimizer``); ``params`` are filled in.
+        scheduler: ``conf/scheduler`` config (``name`` + options) or ``None``.
+        label_smoothing: cross-entropy label smoothing (Szegedy et al., 2016).
+        aux_loss_weight: weight of each auxiliary head's loss (0.3 in GoogLeNet).
+        compile: ``torch.compile`` the network (not this module); state dicts stay unprefixed.
+        channels_last: NHWC memory format for the network and its inputs.
+        no_weight_decay_norm_bias: exempt biases and norm parameters from weight decay.
+        num_classes: needed only when ``model`` is a module (else read from its config).
+    """
+
+    def __init__(
+        self,
+        model: Mapping[str, Any] | nn.Module,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        *,
+        label_smoothing: float = 0.0,
+        aux_loss_weight: float = 0.3,
+        compile: bool = False,
+        channels_last: bool = False,
+        no_weight_decay_norm_bias: bool = False,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        # plain containers in hparams: the checkpoint then rebuilds everything by itself
+        optimizer = _plain(optimizer) or dict(DEFAULT_OPTIMIZER)
+        scheduler = _plain(scheduler)
+        if isinstance(model, nn.Module):
+            self.save_hyperparameters(ignore=["model"], logger=False)
+            self.net = model
+            if num_classes is None:
+                raise ValueError("pass num_classes= when model is an nn.Module")
+        else:
+            model = _plain(model)
+            self.save_hyperparameters(logger=False)
+            self.net = instantiate(model)
+            num_classes = num_classes or model.get("num_classes")
+            if num_classes is None:
+                raise ValueError("the model config has no num_classes; pass num_classes=")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"module.label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.num_classes = int(num_classes)
+        top_k = min(5, self.num_classes)
+        metric = {"num_classes": self.num_classes, "average": "micro"}
+        self.train_acc = MulticlassAccuracy(**metric)
+        self.val_acc = MulticlassAccuracy(**metric)
+        self.test_acc = MulticlassAccuracy(**metric)
+        self.val_acc5 = MulticlassAccuracy(top_k=top_k, **metric)
+        self.test_acc5 = MulticlassAccuracy(top_k=top_k, **metric)
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+        self._compiled: nn.Module | None = None
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    # ------------------------------------------------------------------ forward / loss
+    def configure_model(self) -> None:
+        if self.hparams.compile and self._compiled is None:
+            # kept out of the module tree (plain attribute through object.__setattr__) so the
+            # state dict has no `_orig_mod.` prefixes and loads into an uncompiled network
+            object.__setattr__(self, "_compiled", torch.compile(self.net))
+
+    def forward(self, x: Tensor) -> Tensor | ClassifierOutput:
+        if self.hparams.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        net = self._compiled if self._compiled is not None and self.training else self.net
+        return net(x)
+
+    def loss(self, out: Tensor | ClassifierOutput, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-entropy of the main logits plus ``aux_loss_weight`` × each aux head's."""
+        ls = self.hparams.label_smoothing
+        if isinstance(out, ClassifierOutput):
+            loss = F.cross_entropy(out.logits, y, label_smoothing=ls)
+            for aux in out.aux_logits:
+                loss = loss + self.hparams.aux_loss_weight * F.cross_entropy(
+                    aux, y, label_smoothing=ls)
+            return loss, out.logits
+        return F.cross_entropy(out, y, label_smoothing=ls), out
+
+    # ------------------------------------------------------------------ steps
+    def on_train_start(self) -> None:
+        self.val_loss.reset()
+        self.val_acc.reset()
+        self.val_acc_best.reset()
+        n = sum(p.numel() for p in self.net.parameters())
+        for logger in self.loggers:
+            logger.log_hyperparams({"model/params_total": n, "model/params_trainable": sum(
+                p.numel() for p in self.net.parameters() if p.requires_grad)})
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss, logits = self.loss(self(x), y)
+        self.train_loss(loss.detach())
+        self.train_acc(logits.detach(), y)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        x, y = batch
+        loss, logits = self.loss(self(x), y)
+        getattr(self, f"{stage}_loss")(loss)
+        getattr(self, f"{stage}_acc")(logits, y)
+        getattr(self, f"{stage}_acc5")(logits, y)
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc", getattr(self, f"{stage}_acc"), on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc_top5", getattr(self, f"{stage}_acc5"), on_epoch=True)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        cfg = dict(self.hparams.optimizer)
+        groups = param_groups(self.net, float(cfg.get("weight_decay", 0.0)),
+                              no_decay_norm_bias=self.hparams.no_weight_decay_norm_bias)
+        cfg["_partial_"] = True  # parameters are known only here
+        optimizer = instantiate(cfg)(params=groups)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer._target_={cfg.get('_target_')} did not build a "
+                             "torch.optim.Optimizer")
+        sched = build_scheduler(optimizer, self.hparams.scheduler,
+                                total_steps=int(self.trainer.estimated_stepping_batches),
+                                max_epochs=max(1, int(self.trainer.max_epochs or 1)))
+        return optimizer if sched is None else {"optimizer": optimizer, "lr_scheduler": sched}
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def load_checkpoint(cls, path: str | Path, **kwargs: Any) -> ImageClassifier:
+        """``load_from_checkpoint`` with errors that say what is wrong with ``path``."""
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise CheckpointError(
+                f"checkpoint {path} does not exist; pass ckpt_path=<path to a .ckpt> (runs keep "
+                f"theirs in logs/<task>/runs/<time>/checkpoints/)")
+        try:
+            return cls.load_from_checkpoint(path, map_location="cpu", weights_only=False,
+                                            **kwargs)
+        except (KeyError, RuntimeError, EOFError, ValueError, TypeError) as err:
+            raise CheckpointError(
+                f"{path} is not a loadable classicnets checkpoint ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); check the file is complete "
+                f"and was written by classicnets") from None

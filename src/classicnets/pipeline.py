@@ -1,0 +1,199 @@
+"""What `train.py` and `eval.py` do, given their composed Hydra config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+from classicnets.data import ImageDataModule
+from classicnets.module import CheckpointError, ImageClassifier
+
+__all__ = ["evaluate", "load_env", "train"]
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_env() -> None:
+    """Read `.env` (W&B keys, DATA_DIR, ...) and point PROJECT_ROOT at the repository."""
+    from dotenv import load_dotenv
+
+    for candidate in (Path.cwd() / ".env", REPO_ROOT / ".env"):
+        if candidate.is_file():
+            load_dotenv(candidate, override=False)
+            break
+    os.environ.setdefault("PROJECT_ROOT", str(REPO_ROOT))
+
+
+def _output_dir() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _extras(cfg: DictConfig) -> None:
+    extras = cfg.get("extras") or {}
+    if extras.get("ignore_warnings"):
+        warnings.filterwarnings("ignore")
+    if extras.get("enforce_tags") and not cfg.get("tags") and os.isatty(0):
+        tags = input("Tags for this run (comma separated): ")
+        with OmegaConf.open_dict(cfg):
+            cfg.tags = [t.strip() for t in tags.split(",") if t.strip()]
+    if extras.get("print_config") and _is_rank_zero():
+        _print_tree(cfg)
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def _print_tree(cfg: DictConfig) -> None:
+    import rich
+    import rich.syntax
+    import rich.tree
+
+    tree = rich.tree.Tree("config", guide_style="dim")
+    order = ["data", "model", "module", "optimizer", "scheduler", "trainer", "callbacks",
+             "logger", "paths", "extras"]
+    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
+    for key in keys:
+        branch = tree.add(str(key))
+        value = cfg[key]
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(
+            value)
+        branch.add(rich.syntax.Syntax(text, "yaml"))
+    rich.print(tree)
+
+
+def _instantiate_many(cfg: DictConfig | None, kind: str) -> list[Any]:
+    out: list[Any] = []
+    for name, sub in (cfg or {}).items():
+        if isinstance(sub, DictConfig) and "_target_" in sub:
+            log.info("Instantiating %s <%s>", kind, sub._target_)
+            out.append(instantiate(sub))
+        elif sub is not None:
+            raise ValueError(f"{kind} {name!r} has no _target_; check conf/{kind}s/")
+    return out
+
+
+def _save_resolved(cfg: DictConfig, out_dir: Path) -> None:
+    if _is_rank_zero():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
+
+
+def _metrics(trainer: L.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items()
+            if torch.is_tensor(v) and v.numel() == 1}
+
+
+def build_datamodule(cfg: DictConfig) -> ImageDataModule:
+    channels_last = bool(cfg.get("module", {}).get("channels_last", False))
+    return instantiate(cfg.data, channels_last=channels_last)
+
+
+def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
+    """Fit, test the best checkpoint, and return (optimized metric, all final metrics)."""
+    _extras(cfg)
+    out_dir = _output_dir()
+    _save_resolved(cfg, out_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = build_datamodule(cfg)
+    module = ImageClassifier(model=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler,
+                             **cfg.get("module", {}))
+    callbacks: list[Callback] = _instantiate_many(cfg.get("callbacks"), "callback")
+    loggers: list[Logger] = _instantiate_many(cfg.get("logger"), "logger")
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams(resolved)
+
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise CheckpointError(f"ckpt_path={cfg.ckpt_path} does not exist; point it at a .ckpt "
+                              "file (a run's checkpoints/last.ckpt resumes that run)")
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = _metrics(trainer)
+
+    if cfg.get("test", True):
+        ckpt = trainer.checkpoint_callback
+        best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else ""
+        if not best:
+            log.warning("no best checkpoint (checkpointing off?): testing the current weights")
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        metrics.update(_metrics(trainer))
+        if best:
+            metrics_note = {"best_checkpoint": best}
+            log.info("tested %s", best)
+        else:
+            metrics_note = {}
+    else:
+        metrics_note = {}
+
+    name = cfg.get("optimized_metric")
+    value = metrics.get(name) if name else None
+    if name and value is None:
+        raise KeyError(f"optimized_metric={name!r} was not logged; logged: {sorted(metrics)}")
+    if trainer.is_global_zero:
+        _write_metrics(out_dir, metrics, value, name, metrics_note)
+    _finish_wandb(loggers)
+    return value, metrics
+
+
+def _write_metrics(out_dir: Path, metrics: dict[str, float], value: float | None,
+                   name: str | None, extra: dict[str, Any]) -> None:
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:
+        overrides = []
+    payload = {"overrides": overrides, "optimized_metric": name,
+               "optimized_value": None if value is None or math.isnan(value) else value,
+               "metrics": metrics, **extra}
+    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def _finish_wandb(loggers: list[Logger]) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        wandb.finish()  # each job of a multirun gets its own W&B run
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test the checkpoint `cfg.ckpt_path` on `cfg.data`."""
+    _extras(cfg)
+    _save_resolved(cfg, _output_dir())
+    L.seed_everything(cfg.seed, workers=True)
+    module = ImageClassifier.load_checkpoint(cfg.ckpt_path)
+    datamodule = build_datamodule(cfg)
+    model_cfg = module.hparams.get("model") or {}
+    for key, data_key in (("num_classes", "num_classes"), ("in_channels", "in_channels"),
+                          ("input_size", "image_size")):
+        want, have = model_cfg.get(key), getattr(datamodule, data_key)
+        if want is not None and want != have:
+            raise ValueError(
+                f"the checkpoint's network was built for {key}={want} but data gives "
+                f"{data_key}={have}; evaluate on the data it was trained on (data=... "
+                f"data.{data_key}={want})")
+    loggers = _instantiate_many(cfg.get("logger"), "logger")
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers)
+    trainer.test(module, datamodule=datamodule)
+    metrics = _metrics(trainer)
+    if trainer.is_global_zero:
+        _write_metrics(_output_dir(), metrics, None, None, {"checkpoint": str(cfg.ckpt_path)})
+    return metrics
