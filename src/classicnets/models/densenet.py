@@ -238,9 +238,9 @@ def _imagenet_densenet(
     small_stem: bool | None,
 ) -> DenseNet:
     small = input_size < SMALL_INPUT_THRESHOLD if small_stem is None else small_stem
-    if small:
-        # Three transitions halve the map three times: 8 px is the least that leaves 1×1.
-        require_min_size(input_size, 8, name)
+    # Least side that leaves a 1×1 map after the last transition: 8 px with the CIFAR stem
+    # (three halvings); 29 px with the 7×7/2 + max-pool stem (only when forced small).
+    require_min_size(input_size, 8 if small else 29, name)
     return DenseNet(
         block_config,
         growth_rate=growth_rate,
@@ -506,4 +506,3 @@ def densenet_bc_190_k40(
         drop_rate=drop_rate,
         memory_efficient=memory_efficient,
     )
-

@@ -8,6 +8,7 @@ the maps into class scores: no fully connected layer at all (§3.2).
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -53,7 +54,7 @@ class MLPConv(nn.Sequential):
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         layers["conv"] = nn.Conv2d(in_channels, widths[0], kernel_size, stride, padding)
         layers["relu"] = nn.ReLU(inplace=True)
-        for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+        for i, (c_in, c_out) in enumerate(itertools.pairwise(widths), start=1):
             layers[f"cccp{i}"] = nn.Conv2d(c_in, c_out, 1)
             if i < len(widths) - 1 or final_relu:
                 layers[f"relu_cccp{i}"] = nn.ReLU(inplace=True)

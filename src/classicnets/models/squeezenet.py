@@ -40,6 +40,7 @@ _VERSIONS: dict[str, tuple[int, int, tuple[int, ...]]] = {
     "1_1": (64, 3, (3, 5)),  # maxpool1 after conv1, then after fire3 and fire5
 }
 BYPASS_MODES = ("none", "simple", "complex")
+_MIN_SIZE_PAPER_STEM = {"1_0": 21, "1_1": 17}
 
 
 class Fire(nn.Module):
@@ -63,7 +64,9 @@ class Fire(nn.Module):
             self.shortcut = None
         elif bypass == "simple":
             if in_channels != out_channels:
-                raise ValueError(f"simple bypass needs equal widths, got {in_channels}→{out_channels}")
+                raise ValueError(
+                    f"simple bypass needs equal widths, got {in_channels}→{out_channels}"
+                )
             self.shortcut = nn.Identity()
         elif bypass == "complex":
             self.shortcut = nn.Conv2d(in_channels, out_channels, 1)
@@ -171,9 +174,9 @@ def _squeezenet(
     small_stem: bool | None,
 ) -> SqueezeNet:
     small = input_size < SMALL_INPUT_THRESHOLD if small_stem is None else small_stem
-    if small:
-        # Two 3×3/2 ceil-mode pools remain: 4 px (→ 2 → 1) is the least they accept.
-        require_min_size(input_size, 4, name)
+    # Least side every max-pool accepts: small stem, two 3×3/2 ceil-mode pools: 4 → 2 → 1;
+    # paper stem (only when forced below the threshold): conv1 /2 and three pools.
+    require_min_size(input_size, 4 if small else _MIN_SIZE_PAPER_STEM[version], name)
     return SqueezeNet(
         version,
         num_classes=num_classes,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -208,29 +208,13 @@ def _build(
     return net.to_dense() if dense else net
 
 
-_DOC = """VGG configuration {config} (Table 1){extra}: {params} parameters at 224 px.
-
-    ``dense=True`` returns the fully-convolutional network of the paper's dense evaluation
-    (§3.2) instead; ``init``: "glorot" (§3.1) or "kaiming".
-    """
-
-
-def _doc(config: str, params: str, extra: str = "") -> object:
-    def set_doc(fn: object) -> object:
-        fn.__doc__ = _DOC.format(config=config, params=params, extra=extra)  # type: ignore[attr-defined]
-        return fn
-
-    return set_doc
-
-
-def _register(name: str) -> object:
+def _register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     return register_model(
         name=name, paper=_PAPER, year=2015, num_classes=1000, in_channels=3, input_size=224
     )
 
 
 @_register("vgg11")
-@_doc("A", "132,863,336", " — VGG-11")
 def vgg11(
     *,
     num_classes: int = 1000,
@@ -240,11 +224,15 @@ def vgg11(
     init: str = "glorot",
     dense: bool = False,
 ) -> nn.Module:
+    """VGG-11, configuration A of Table 1: 132,863,336 parameters at 224 px.
+
+    ``dense=True``: the fully-convolutional form of the dense evaluation (§3.2).
+    ``init``: "glorot" (§3.1) or "kaiming".
+    """
     return _build("A", num_classes, in_channels, input_size, False, dropout, init, dense)
 
 
 @_register("vgg11_lrn")
-@_doc("A-LRN", "132,863,336", " — VGG-11 with LRN after the first conv")
 def vgg11_lrn(
     *,
     num_classes: int = 1000,
@@ -254,11 +242,16 @@ def vgg11_lrn(
     init: str = "glorot",
     dense: bool = False,
 ) -> nn.Module:
+    """VGG-11 with LRN after the first conv (configuration A-LRN of Table 1): 132,863,336
+    parameters at 224 px.
+
+    ``dense=True``: the fully-convolutional form of the dense evaluation (§3.2).
+    ``init``: "glorot" (§3.1) or "kaiming".
+    """
     return _build("A-LRN", num_classes, in_channels, input_size, False, dropout, init, dense)
 
 
 @_register("vgg13")
-@_doc("B", "133,047,848", " — VGG-13")
 def vgg13(
     *,
     num_classes: int = 1000,
@@ -268,11 +261,15 @@ def vgg13(
     init: str = "glorot",
     dense: bool = False,
 ) -> nn.Module:
+    """VGG-13, configuration B of Table 1: 133,047,848 parameters at 224 px.
+
+    ``dense=True``: the fully-convolutional form of the dense evaluation (§3.2).
+    ``init``: "glorot" (§3.1) or "kaiming".
+    """
     return _build("B", num_classes, in_channels, input_size, False, dropout, init, dense)
 
 
 @_register("vgg16_c")
-@_doc("C", "133,638,952", " — VGG-16 with 1×1 convs ending stages 3–5")
 def vgg16_c(
     *,
     num_classes: int = 1000,
@@ -282,11 +279,16 @@ def vgg16_c(
     init: str = "glorot",
     dense: bool = False,
 ) -> nn.Module:
+    """VGG-16 with 1×1 convs ending stages 3–5 (configuration C of Table 1): 133,638,952
+    parameters at 224 px.
+
+    ``dense=True``: the fully-convolutional form of the dense evaluation (§3.2).
+    ``init``: "glorot" (§3.1) or "kaiming".
+    """
     return _build("C", num_classes, in_channels, input_size, False, dropout, init, dense)
 
 
 @_register("vgg16")
-@_doc("D", "138,357,544", " — VGG-16")
 def vgg16(
     *,
     num_classes: int = 1000,
@@ -296,11 +298,15 @@ def vgg16(
     init: str = "glorot",
     dense: bool = False,
 ) -> nn.Module:
+    """VGG-16, configuration D of Table 1: 138,357,544 parameters at 224 px.
+
+    ``dense=True``: the fully-convolutional form of the dense evaluation (§3.2).
+    ``init``: "glorot" (§3.1) or "kaiming".
+    """
     return _build("D", num_classes, in_channels, input_size, False, dropout, init, dense)
 
 
 @_register("vgg19")
-@_doc("E", "143,667,240", " — VGG-19")
 def vgg19(
     *,
     num_classes: int = 1000,
@@ -310,11 +316,15 @@ def vgg19(
     init: str = "glorot",
     dense: bool = False,
 ) -> nn.Module:
+    """VGG-19, configuration E of Table 1: 143,667,240 parameters at 224 px.
+
+    ``dense=True``: the fully-convolutional form of the dense evaluation (§3.2).
+    ``init``: "glorot" (§3.1) or "kaiming".
+    """
     return _build("E", num_classes, in_channels, input_size, False, dropout, init, dense)
 
 
 @_register("vgg11_bn")
-@_doc("A", "132,868,840", " with BatchNorm — VGG-11-BN")
 def vgg11_bn(
     *,
     num_classes: int = 1000,
@@ -324,11 +334,15 @@ def vgg11_bn(
     init: str = "glorot",
     dense: bool = False,
 ) -> nn.Module:
+    """VGG-11 with BatchNorm (configuration A) of Table 1: 132,868,840 parameters at 224 px.
+
+    ``dense=True``: the fully-convolutional form of the dense evaluation (§3.2).
+    ``init``: "glorot" (§3.1) or "kaiming".
+    """
     return _build("A", num_classes, in_channels, input_size, True, dropout, init, dense)
 
 
 @_register("vgg13_bn")
-@_doc("B", "133,053,736", " with BatchNorm — VGG-13-BN")
 def vgg13_bn(
     *,
     num_classes: int = 1000,
@@ -338,11 +352,15 @@ def vgg13_bn(
     init: str = "glorot",
     dense: bool = False,
 ) -> nn.Module:
+    """VGG-13 with BatchNorm (configuration B) of Table 1: 133,053,736 parameters at 224 px.
+
+    ``dense=True``: the fully-convolutional form of the dense evaluation (§3.2).
+    ``init``: "glorot" (§3.1) or "kaiming".
+    """
     return _build("B", num_classes, in_channels, input_size, True, dropout, init, dense)
 
 
 @_register("vgg16_bn")
-@_doc("D", "138,365,992", " with BatchNorm — VGG-16-BN")
 def vgg16_bn(
     *,
     num_classes: int = 1000,
@@ -352,11 +370,15 @@ def vgg16_bn(
     init: str = "glorot",
     dense: bool = False,
 ) -> nn.Module:
+    """VGG-16 with BatchNorm (configuration D) of Table 1: 138,365,992 parameters at 224 px.
+
+    ``dense=True``: the fully-convolutional form of the dense evaluation (§3.2).
+    ``init``: "glorot" (§3.1) or "kaiming".
+    """
     return _build("D", num_classes, in_channels, input_size, True, dropout, init, dense)
 
 
 @_register("vgg19_bn")
-@_doc("E", "143,678,248", " with BatchNorm — VGG-19-BN")
 def vgg19_bn(
     *,
     num_classes: int = 1000,
@@ -366,4 +388,9 @@ def vgg19_bn(
     init: str = "glorot",
     dense: bool = False,
 ) -> nn.Module:
+    """VGG-19 with BatchNorm (configuration E) of Table 1: 143,678,248 parameters at 224 px.
+
+    ``dense=True``: the fully-convolutional form of the dense evaluation (§3.2).
+    ``init``: "glorot" (§3.1) or "kaiming".
+    """
     return _build("E", num_classes, in_channels, input_size, True, dropout, init, dense)
