@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -72,7 +74,7 @@ def v1_params(alpha: float, num_classes: int = 1000) -> int:
     layer 3×3 depthwise (9·Cin) + BN (2·Cin) + 1×1 pointwise (Cin·Cout) + BN (2·Cout), FC."""
     widths = [int(c * alpha) for c in (32, 64, 128, 128, 256, 256, *[512] * 6, 1024, 1024)]
     stem = 27 * widths[0] + 2 * widths[0]
-    layers = sum(9 * ci + 2 * ci + ci * co + 2 * co for ci, co in zip(widths, widths[1:]))
+    layers = sum(9 * ci + 2 * ci + ci * co + 2 * co for ci, co in itertools.pairwise(widths))
     return stem + layers + (widths[-1] + 1) * num_classes
 
 
@@ -220,7 +222,9 @@ TABLE_2 = [
 ACT = {"RE": nn.ReLU, "HS": nn.Hardswish}
 
 
-@pytest.mark.parametrize(("name", "table"), [("mobilenet_v3_large", TABLE_1), ("mobilenet_v3_small", TABLE_2)])
+@pytest.mark.parametrize(
+    ("name", "table"), [("mobilenet_v3_large", TABLE_1), ("mobilenet_v3_small", TABLE_2)]
+)
 def test_v3_blocks_follow_the_paper_table(name: str, table: list[tuple]) -> None:
     model = meta(name)
     blocks = [m for m in model.modules() if isinstance(m, MobileNetV3Block)]
@@ -241,38 +245,36 @@ def test_v3_blocks_follow_the_paper_table(name: str, table: list[tuple]) -> None
 @pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])
 def test_v3_squeeze_excite_after_depthwise(name: str) -> None:
     model = create_model(name).eval()
-    order: list[str] = []
-    seen: dict[str, torch.Tensor] = {}
+    blocks = [m for m in model.modules() if isinstance(m, MobileNetV3Block)]
+    events: list[tuple[str, int, torch.Tensor]] = []  # (what, block index, tensor) in call order
     handles = []
-    for i, block in enumerate(m for m in model.modules() if isinstance(m, MobileNetV3Block)):
+    for i, block in enumerate(blocks):
         if not isinstance(block.se, SqueezeExcite):
             continue
         se = block.se
         assert se.fc1.out_channels == make_divisible(se.fc1.in_channels / 4, 8)
         assert type(se.act) is nn.ReLU and type(se.gate) is nn.Hardsigmoid
-
-        def record(tag: str, key: str, capture_input: bool = False):  # noqa: ANN202
-            def hook(_m: nn.Module, args: tuple, out: torch.Tensor | None = None) -> None:
-                order.append(tag)
-                seen[key] = args[0] if capture_input else out
-
-            return hook
-
         handles += [
-            block.depthwise.register_forward_hook(record(f"dw{i}", f"dw_out{i}")),
-            se.register_forward_pre_hook(record(f"se{i}", f"se_in{i}", capture_input=True)),
-            block.project.register_forward_pre_hook(record(f"proj{i}", f"proj_in{i}", True)),
+            block.depthwise.register_forward_hook(
+                lambda _m, _a, out, i=i: events.append(("dw_out", i, out))
+            ),
+            se.register_forward_pre_hook(lambda _m, a, i=i: events.append(("se_in", i, a[0]))),
+            block.project.register_forward_pre_hook(
+                lambda _m, a, i=i: events.append(("project_in", i, a[0]))
+            ),
         ]
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 64))
     for h in handles:
         h.remove()
-    blocks_with_se = sorted({int(t[2:]) for t in order if t.startswith("se")})
-    assert blocks_with_se
-    for i in blocks_with_se:
-        assert order.index(f"dw{i}") < order.index(f"se{i}") < order.index(f"proj{i}")
+    with_se = sorted({i for what, i, _ in events if what == "se_in"})
+    assert len(with_se) == sum(isinstance(b.se, SqueezeExcite) for b in blocks) > 0
+    for i in with_se:
+        mine = [(what, t) for what, j, t in events if j == i]
+        # depthwise conv, then SE, then the projection, in this order
+        assert [what for what, _ in mine] == ["dw_out", "se_in", "project_in"]
         # SE reads exactly the depthwise output (after its BN + activation)
-        assert torch.equal(seen[f"se_in{i}"], seen[f"dw_out{i}"])
+        assert torch.equal(mine[1][1], mine[0][1])
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])

@@ -367,7 +367,9 @@ class MobileNetV3Block(nn.Module):
             act_layer=act,
         )
         self.se: nn.Module = _v3_se(exp_channels) if use_se else nn.Identity()
-        self.project = ConvNormAct(exp_channels, out_channels, 1, norm_layer=_V3Norm, act_layer=None)
+        self.project = ConvNormAct(
+            exp_channels, out_channels, 1, norm_layer=_V3Norm, act_layer=None
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.project(self.se(self.depthwise(self.expand(x))))
@@ -432,9 +434,7 @@ class MobileNetV3(nn.Module):
             cin, table_in = ch(row.out), row.out
         self.blocks = nn.Sequential(*blocks)
         last_conv = make_divisible(6 * cin, 8)
-        self.last_conv = ConvNormAct(
-            cin, last_conv, 1, norm_layer=_V3Norm, act_layer=nn.Hardswish
-        )
+        self.last_conv = ConvNormAct(cin, last_conv, 1, norm_layer=_V3Norm, act_layer=nn.Hardswish)
         self.last_se: nn.Module = _v3_se(last_conv) if se_last_conv else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
         hidden = make_divisible(head_channels * max(1.0, width_mult), 8)
@@ -461,9 +461,7 @@ def mobilenet_v3_large(
     dropout: float = 0.2,
 ) -> nn.Module:
     """MobileNetV3-Large (paper Table 1); 1.0-224 has 5,483,032 params."""
-    return MobileNetV3(
-        _V3_LARGE, 1280, num_classes, in_channels, input_size, width_mult, dropout
-    )
+    return MobileNetV3(_V3_LARGE, 1280, num_classes, in_channels, input_size, width_mult, dropout)
 
 
 @register_model(paper=_V3_PAPER, year=2019)

@@ -40,7 +40,9 @@ _V1_PAPER = (
     "Zhang et al., ShuffleNet: An Extremely Efficient Convolutional Neural Network for Mobile "
     "Devices, CVPR"
 )
-_V2_PAPER = "Ma et al., ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture Design, ECCV"
+_V2_PAPER = (
+    "Ma et al., ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture Design, ECCV"
+)
 
 
 def _init_weights(model: nn.Module) -> None:

@@ -1,0 +1,159 @@
+"""The on-device fast data path: correctness and the same augmentation distribution as the
+ordinary per-image torchvision path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from classicnets.data import ArrayData, BatchTransform, DeviceLoader, ImageDataModule
+from classicnets.data.transforms import sample_transform
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE, PAD = 32, 4
+
+
+def _position_image() -> torch.Tensor:
+    """3×32×32 uint8: channel 0 holds row+1, channel 1 column+1 (0 is reserved for padding)."""
+    r = torch.arange(SIZE).view(-1, 1).expand(SIZE, SIZE) + 1
+    c = torch.arange(SIZE).view(1, -1).expand(SIZE, SIZE) + 1
+    return torch.stack([r, c, torch.zeros_like(r)]).to(torch.uint8)
+
+
+def _decode(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Crop offsets (0..2·PAD per axis) and flip flags of augmented position images."""
+    out = out.round().long()  # values in pixel units
+    flipped = (out[:, 1, PAD, PAD + 1] - out[:, 1, PAD, PAD]) < 0
+    col = torch.where(flipped, torch.full_like(flipped, SIZE - 1 - PAD, dtype=torch.long),
+                      torch.full_like(flipped, PAD, dtype=torch.long))
+    idx = torch.arange(len(out))
+    oy = out[idx, 0, PAD, col] - 1
+    ox = out[idx, 1, PAD, col] - 1
+    return oy, ox, flipped
+
+
+def _chi2_uniform(values: torch.Tensor, bins: int) -> float:
+    counts = torch.bincount(values, minlength=bins).double()
+    expected = len(values) / bins
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def _fast_samples(n: int) -> torch.Tensor:
+    tf = BatchTransform("crop_flip", train=True, native_size=SIZE, image_size=SIZE,
+                        mean=(0.0,) * 3, std=(1.0 / 255,) * 3)
+    batch = _position_image().expand(n, -1, -1, -1).contiguous()
+    return tf(batch, torch.Generator().manual_seed(0))
+
+
+def test_batched_crop_and_flip_are_uniform() -> None:
+    n = 9000
+    oy, ox, flipped = _decode(_fast_samples(n))
+    assert oy.min() >= 0 and oy.max() == 2 * PAD and ox.max() == 2 * PAD
+    # chi-square with 8 degrees of freedom: 26.1 is the 0.1 % critical value
+    assert _chi2_uniform(oy, 2 * PAD + 1) < 26.1
+    assert _chi2_uniform(ox, 2 * PAD + 1) < 26.1
+    assert abs(flipped.double().mean().item() - 0.5) < 0.02
+    # offsets on the two axes are drawn independently
+    joint = oy * (2 * PAD + 1) + ox
+    assert _chi2_uniform(joint, (2 * PAD + 1) ** 2) < 124.8  # df = 80, 0.1 %
+
+
+def test_batched_crop_matches_the_torchvision_path() -> None:
+    """Both paths give the same crop/flip distribution (two-sample chi-square)."""
+    tv = sample_transform("crop_flip", train=True, native_size=SIZE, image_size=SIZE,
+                          mean=(0.0,) * 3, std=(1.0 / 255,) * 3)
+    img = _position_image()
+    torch.manual_seed(0)
+    slow = torch.stack([tv(img) for _ in range(3000)])
+    fast = _fast_samples(3000)
+    for a, b in zip(_decode(slow), _decode(fast)):
+        ca = torch.bincount(a.long(), minlength=2 * PAD + 1).double()
+        cb = torch.bincount(b.long(), minlength=2 * PAD + 1).double()
+        keep = (ca + cb) > 0
+        chi2 = (((ca - cb) ** 2) / (ca + cb))[keep].sum().item()
+        assert chi2 < 26.1, (ca, cb)
+
+
+def _id_data(n: int = 100) -> ArrayData:
+    """Each image is filled with its label so misaligned pairs are detectable."""
+    labels = torch.arange(n) % 251
+    images = labels.view(-1, 1, 1, 1).expand(n, 1, 8, 8).to(torch.uint8).contiguous()
+    return ArrayData(images, labels, [str(i) for i in range(251)])
+
+
+def _plain_transform() -> BatchTransform:
+    return BatchTransform("none", train=False, native_size=8, image_size=8, mean=(0.0,),
+                          std=(1.0 / 255,))
+
+
+def test_labels_stay_aligned_after_shuffling() -> None:
+    loader = DeviceLoader(_id_data(), batch_size=16, transform=_plain_transform(), shuffle=True)
+    seen = []
+    for x, y in loader:
+        assert x.dtype == torch.float32 and x.shape[1:] == (1, 8, 8) and y.dtype == torch.int64
+        assert torch.equal(x[:, 0, 4, 4].round().long(), y)
+        seen += y.tolist()
+    assert sorted(seen) == list(range(100)) and seen != list(range(100))
+
+
+def test_shuffles_every_epoch_and_is_reproducible() -> None:
+    def order(epoch: int, seed: int = 0) -> list[int]:
+        loader = DeviceLoader(_id_data(), batch_size=10, transform=_plain_transform(),
+                              shuffle=True, seed=seed)
+        loader.set_epoch(epoch)
+        return torch.cat([y for _, y in loader]).tolist()
+
+    assert order(0) == order(0)
+    assert order(0) != order(1)
+    assert order(0, seed=1) != order(0, seed=0)
+
+
+def test_rank_shards_are_disjoint_and_cover_the_data() -> None:
+    shards = []
+    for rank in range(3):
+        loader = DeviceLoader(_id_data(99), batch_size=5, transform=_plain_transform(),
+                              shuffle=True, rank=rank, world_size=3)
+        shards.append(torch.cat([y for _, y in loader]).tolist())
+        assert len(loader) == 7  # ceil(33 / 5): every rank runs the same number of steps
+    assert all(len(s) == 33 for s in shards)
+    assert not set(shards[0]) & set(shards[1]) and not set(shards[1]) & set(shards[2])
+    assert set().union(*shards) == set(range(99))
+
+
+def test_drop_last_and_partial_batches() -> None:
+    loader = DeviceLoader(_id_data(50), batch_size=16, transform=_plain_transform(),
+                          drop_last=True)
+    assert len(loader) == 3 and all(len(y) == 16 for _, y in loader)
+    loader.drop_last = False
+    assert [len(y) for _, y in loader] == [16, 16, 16, 2]
+
+
+def test_fast_and_torch_paths_agree_without_augmentation() -> None:
+    batches = {}
+    for kind in ("fast", "torch"):
+        dm = ImageDataModule("digits", image_size=32, batch_size=64, loader=kind, num_workers=0)
+        dm.setup("test")
+        batches[kind] = next(iter(dm.test_dataloader()))
+    (xf, yf), (xt, yt) = batches["fast"], batches["torch"]
+    assert torch.equal(yf, yt)
+    assert torch.allclose(xf, xt, atol=2e-2)  # same resize, up to interpolation rounding
+
+
+@pytest.mark.slow
+def test_ddp_sim_ranks_see_disjoint_shards(tmp_path: Path) -> None:
+    script = REPO / "tests" / "scripts" / "ddp_shards.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for epoch in (0, 1):
+        r0 = json.loads((tmp_path / f"rank0_epoch{epoch}.json").read_text())
+        r1 = json.loads((tmp_path / f"rank1_epoch{epoch}.json").read_text())
+        assert len(r0) == len(r1) == 32
+        assert not set(r0) & set(r1) and set(r0) | set(r1) == set(range(64))
+    first = json.loads((tmp_path / "rank0_epoch0.json").read_text())
+    assert first != json.loads((tmp_path / "rank0_epoch1.json").read_text())  # reshuffled
