@@ -184,7 +184,7 @@ class ImageClassifier(L.LightningModule):
         try:
             return cls.load_from_checkpoint(path, map_location="cpu", weights_only=False,
                                             **kwargs)
-        except (KeyError, RuntimeError, EOFError, ValueError, TypeError) as err:
+        except Exception as err:  # torch.load raises many types for a damaged file
             raise CheckpointError(
                 f"{path} is not a loadable classicnets checkpoint ({type(err).__name__}: "
                 f"{str(err).splitlines()[0] if str(err) else ''}); check the file is complete "

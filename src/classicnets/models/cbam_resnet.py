@@ -53,7 +53,7 @@ class CBAMResNet(ResNet):
 
     def __init__(self, *args: object, spatial_bn_zero_init: bool = True, **kwargs: object):
         super().__init__(*args, **kwargs)
-        if spatial_bn_zero_init:
+        if spatial_bn_zero_init and not self.fc.weight.is_meta:
             for m in self.modules():
                 if isinstance(m, SpatialAttention):
                     nn.init.zeros_(m.conv[1].weight)
