@@ -58,3 +58,7 @@ def make_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
 
     yield make
     GlobalHydra.instance().clear()
+
+# One intra-op thread per test process: the suite runs under pytest-xdist on small machines,
+# where oversubscribed BLAS threads make every test many times slower.
+torch.set_num_threads(1)

@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from classicnets.models.layers import ClassifierOutput
 from classicnets.optim import build_scheduler, param_groups
 
-__all__ = ["CheckpointError", "ImageClassifier"]
+__all__ = ["CheckpointError", "ImageClassifier", "instantiate_clean"]
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1,
                      "momentum": 0.9, "weight_decay": 5e-4}
@@ -26,6 +26,20 @@ DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1
 
 class CheckpointError(RuntimeError):
     """A checkpoint path that does not exist or a file that is not a classicnets checkpoint."""
+
+
+def instantiate_clean(cfg: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that re-raises our own errors (bad size, unknown name, missing
+    data) as themselves, not buried in Hydra's InstantiationException."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if cause is not None and type(cause).__module__.startswith("classicnets"):
+            raise cause from None
+        raise
 
 
 def _plain(cfg: Any) -> Any:
@@ -74,7 +88,7 @@ class ImageClassifier(L.LightningModule):
         else:
             model = _plain(model)
             self.save_hyperparameters(logger=False)
-            self.net = instantiate(model)
+            self.net = instantiate_clean(model)
             num_classes = num_classes or model.get("num_classes")
             if num_classes is None:
                 raise ValueError("the model config has no num_classes; pass num_classes=")

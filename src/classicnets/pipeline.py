@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from classicnets.data import ImageDataModule
-from classicnets.module import CheckpointError, ImageClassifier
+from classicnets.module import CheckpointError, ImageClassifier, instantiate_clean
 
 __all__ = ["evaluate", "load_env", "train"]
 
@@ -100,7 +100,7 @@ def _metrics(trainer: L.Trainer) -> dict[str, float]:
 
 def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     channels_last = bool(cfg.get("module", {}).get("channels_last", False))
-    return instantiate(cfg.data, channels_last=channels_last)
+    return instantiate_clean(cfg.data, channels_last=channels_last)
 
 
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:

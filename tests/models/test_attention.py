@@ -1,4 +1,4 @@
-"""Self-attention: the shared MHSA block (Vaswani et al., 2017) and BoTNet (Srinivas et al., 2021)."""
+"""Self-attention: the shared MHSA block (Vaswani et al. 2017) and BoTNet (Srinivas et al. 2021)."""
 
 from __future__ import annotations
 
@@ -113,7 +113,8 @@ def test_only_c5_uses_attention_and_stride_is_an_avg_pool() -> None:
         model = create_model("botnet50")
     for stage in (model.layer1, model.layer2, model.layer3):
         assert all(isinstance(b.conv2, nn.Conv2d) and b.conv2.kernel_size == (3, 3) for b in stage)
-    assert [len(s) for s in (model.layer1, model.layer2, model.layer3, model.layer4)] == [3, 4, 6, 3]
+    stages = (model.layer1, model.layer2, model.layer3, model.layer4)
+    assert [len(s) for s in stages] == [3, 4, 6, 3]
     first, *rest = model.layer4
     assert isinstance(first.conv2[0], RelPosSelfAttention2d) and first.conv2[0].num_heads == 4
     pool = first.conv2[1]

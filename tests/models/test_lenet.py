@@ -94,7 +94,7 @@ def test_rbf_scores_are_negative_squared_distances_to_digit_bitmaps() -> None:
     bitmap = torch.tensor([1.0 if c == "#" else -1.0 for c in DIGIT_BITMAPS[7].replace("|", "")])
     assert torch.equal(model.output.centers[7], bitmap)
     f6 = torch.randn(3, 84)
-    expected = -torch.cdist(f6, model.output.centers) ** 2
+    expected = -(torch.cdist(f6, model.output.centers) ** 2)
     assert torch.allclose(model.output(f6), expected, rtol=1e-4, atol=1e-3)
     # an F6 state equal to a prototype scores 0, the maximum
     scores = model.output(model.output.centers[[2]])

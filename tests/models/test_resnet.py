@@ -121,7 +121,8 @@ def test_small_inputs_get_the_cifar_stem() -> None:
     small.eval()
     with torch.no_grad():
         assert small.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 512, 4, 4)
-    forced = create_model("resnet18", input_size=224, small_stem=True)
+    with torch.device("meta"):
+        forced = create_model("resnet18", input_size=224, small_stem=True)
     assert forced.stem[0][0].kernel_size == (3, 3)
     # the 3×3 stem has 3·64·(9 - 49) fewer weights than the 7×7 one
     assert meta_params("resnet18", input_size=32) == REFERENCE["resnet18"] - 3 * 64 * 40
@@ -140,16 +141,20 @@ def test_zero_init_residual_makes_blocks_start_as_their_shortcut() -> None:
 
 
 def test_resnext_and_wide_resnet_widths() -> None:
-    x50 = create_model("resnext50_32x4d").stages.layer1[0].branch.conv2[0]
+    with torch.device("meta"):
+        x50, x101, x29, wide = [
+            create_model(n)
+            for n in ("resnext50_32x4d", "resnext101_32x8d", "resnext29_8x64d", "wide_resnet50_2")
+        ]
+    x50 = x50.stages.layer1[0].branch.conv2[0]
     assert x50.groups == 32 and x50.in_channels == 128  # 32 paths × 4 channels
-    x101 = create_model("resnext101_32x8d").stages.layer1[0].branch.conv2[0]
+    x101 = x101.stages.layer1[0].branch.conv2[0]
     assert x101.groups == 32 and x101.in_channels == 256
-    x29 = create_model("resnext29_8x64d")
     first = x29.stages.layer1[0].branch
     assert first.conv2[0].groups == 8 and first.conv2[0].in_channels == 512
     assert [s[-1].branch.conv3[0].out_channels for s in x29.stages] == [256, 512, 1024]
     assert x29.stem[0][0].kernel_size == (3, 3) and x29.stem[0][0].out_channels == 64
-    wide = create_model("wide_resnet50_2").stages.layer1[0].branch
+    wide = wide.stages.layer1[0].branch
     assert wide.conv2[0].in_channels == 128 and wide.conv3[0].out_channels == 256
 
 
@@ -176,7 +181,15 @@ def test_stochastic_depth_adds_no_parameters() -> None:
     assert meta_params("resnet110", survival_prob_last=0.5) == 1_727_962
 
 
-@pytest.mark.parametrize("name", FAMILY)
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            n, marks=[pytest.mark.slow] if n in ("resnet1202", "preact_resnet1001") else []
+        )
+        for n in FAMILY
+    ],
+)
 def test_every_family_builder_offers_stochastic_depth(name: str) -> None:
     with torch.device("meta"):
         plain = create_model(name)
@@ -219,7 +232,7 @@ def test_kept_block_in_training_is_unscaled(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_eval_is_deterministic_and_scales_the_residual_by_p() -> None:
-    model = create_model("resnet110", survival_prob_last=0.5).eval()
+    model = create_model("resnet20", survival_prob_last=0.5).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
@@ -232,7 +245,7 @@ def test_eval_is_deterministic_and_scales_the_residual_by_p() -> None:
 
 # --- forward at the canonical size -----------------------------------------------------------
 
-_FAST = {"resnet18", "resnet50", "resnet20", "resnet32", "resnet44", "resnet56"}
+_FAST = {"resnet18", "resnet50", "resnet20", "resnet32"}
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from zoo_sizes import BIG_MODELS
 
 from classicnets.models import (
     ClassifierOutput,
@@ -23,17 +24,10 @@ from classicnets.models import (
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 MODELS = list_models()
-BIG = 70_000_000  # canonical parameter count above which the small-input checks are slow
-
-
-def _canonical_params(name: str) -> int:
-    with torch.device("meta"):
-        model = create_model(name)
-    return sum(p.numel() for p in model.parameters())
 
 
 def _param(name: str) -> object:
-    marks = [pytest.mark.slow] if _canonical_params(name) > BIG else []
+    marks = [pytest.mark.slow] if name in BIG_MODELS else []
     return pytest.param(name, marks=marks, id=name)
 
 

@@ -105,7 +105,10 @@ class AlexNet(nn.Module):
       "same" padding (kernel unchanged, 11×11), everything else as in the paper; at 32 px the
       maps are 32-15-7-3 and FC6 takes 256·3·3 inputs;
     * ``init="kaiming"`` replaces the paper's N(0, 0.01) weights / unit biases (§5) by He
-      initialisation with zero biases, for runs without the paper's long warm start.
+      initialisation with zero biases, for runs without the paper's long warm start;
+    * the torchvision layout (``alexnet_owt``) has no adaptive 6×6 average pooling before FC6
+      (the classifier is sized from the map instead; identical at 224 px) and takes the
+      paper's initialisation by default rather than PyTorch's.
     """
 
     def __init__(

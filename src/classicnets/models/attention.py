@@ -60,10 +60,8 @@ def _down(size: int) -> int:
 
 def attention_map_sizes(input_size: int) -> tuple[int, int]:
     """(first c5 block, other c5 blocks) feature-map sides the BoT50 attention sees."""
-    if input_size >= SMALL_INPUT_BELOW:
-        s = _down(_down(input_size))  # 7×7/2 conv, 3×3/2 max-pool
-    else:
-        s = input_size  # 3×3/1 conv, no max-pool
+    # ImageNet stem: 7×7/2 conv + 3×3/2 max-pool; small-input stem: 3×3/1 conv, no max-pool.
+    s = _down(_down(input_size)) if input_size >= SMALL_INPUT_BELOW else input_size
     s = _down(_down(s))  # c3, c4 downsample
     return s, _down(s)
 

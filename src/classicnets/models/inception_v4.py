@@ -33,8 +33,10 @@ _PAPER = (
 
 #: Below this input side the stems run without their first two stride-2 stages.
 LOW_RES_INPUT = 80
-#: Smallest input with the low-resolution stems: the 8×8 grid must keep at least one pixel.
-MIN_INPUT = 21
+#: Smallest inputs with the low-resolution stems: the 8×8 grid must keep at least one pixel
+#: (Inception-v4's stem loses two more pixels in its unpadded 3×3 convs).
+MIN_INPUT_V4 = 23
+MIN_INPUT_RESNET = 21
 
 # Conv (no bias) → BN (TensorFlow's eps 1e-3) → ReLU.
 _Conv = partial(ConvNormAct, norm_layer=partial(nn.BatchNorm2d, eps=1e-3))
@@ -195,7 +197,7 @@ class InceptionV4(nn.Module):
     Small inputs: below 80 px the first conv and the first pool ‖ conv stage of the stem use
     stride 1 (the two early stride-2 stages removed, the low-resolution rule of Szegedy et al.
     2016, Table 2): 32 px inputs reach Inception-A at 11×11. Same parameter count; inputs
-    below 21 px are refused.
+    below 23 px are refused.
     """
 
     def __init__(
@@ -503,7 +505,7 @@ def inception_v4(
 ) -> nn.Module:
     """Inception-v4 (42,679,816 params), no residual connections; ``dropout`` before the
     classifier (keep 0.8 in the paper). Inputs below 80 px use the low-resolution stem."""
-    require_min_size(input_size, MIN_INPUT, "inception_v4")
+    require_min_size(input_size, MIN_INPUT_V4, "inception_v4")
     return InceptionV4(num_classes, in_channels, input_size, dropout=dropout)
 
 
@@ -522,7 +524,7 @@ def inception_resnet_v1(
     factor for every block (the paper suggests 0.1–0.3). Inputs below 80 px use the
     low-resolution stem.
     """
-    require_min_size(input_size, MIN_INPUT, "inception_resnet_v1")
+    require_min_size(input_size, MIN_INPUT_RESNET, "inception_resnet_v1")
     return InceptionResNetV1(
         num_classes, in_channels, input_size, residual_scale=residual_scale, dropout=dropout
     )
@@ -543,7 +545,7 @@ def inception_resnet_v2(
     factor for every block (the paper suggests 0.1–0.3). Inputs below 80 px use the
     low-resolution stem.
     """
-    require_min_size(input_size, MIN_INPUT, "inception_resnet_v2")
+    require_min_size(input_size, MIN_INPUT_RESNET, "inception_resnet_v2")
     return InceptionResNetV2(
         num_classes, in_channels, input_size, residual_scale=residual_scale, dropout=dropout
     )

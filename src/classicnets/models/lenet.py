@@ -243,6 +243,7 @@ class LeNet5(nn.Module):
         output: str | None = None,
     ) -> None:
         super().__init__()
+        variant = str(variant)  # YAML / the command line read `variant: 1998` as an int
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         chosen = {

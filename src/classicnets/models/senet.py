@@ -43,6 +43,8 @@ class SEResNet(ResNet):
     Deviations from the released models:
       - the stem max-pool is 3×3/2 with padding 1 (torchvision); the release uses an unpadded
         ceil-mode pool — same 56×56 output at 224 px, windows shifted by one pixel;
+      - the released SE-ResNet-18/34 blocks put a ReLU between the second BN and the SE gate;
+        these basic blocks keep the paper's form (BN → SE → add → ReLU; no parameter change);
       - inputs < 128 px get the 3×3 stride-1 stem without max-pool (CIFAR adaptation);
       - He-normal (fan-out) init for all convs, SE's included, zero biases;
       - stochastic depth option (Huang et al. 2016) as in :class:`~classicnets.models.resnet.

@@ -274,14 +274,13 @@ def _choose_patch(name: str, canonical: int, input_size: int, patch_size: int | 
         raise ValueError(f"patch_size must be positive, got {patch_size}")
     require_min_size(input_size, patch_size, name)
     if input_size % patch_size:
-        lower = input_size // patch_size * patch_size
+        lower = input_size // patch_size * patch_size  # >= patch_size: checked above
         upper = lower + patch_size
-        nearest = lower if input_size - lower < upper - input_size and lower > 0 else upper
+        nearest = lower if input_size - lower < upper - input_size else upper  # ties: larger
         raise InputSizeError(
             f"{name} with {patch_size}-px patches needs an input size divisible by {patch_size}; "
-            f"got {input_size}. Nearest accepted size: {nearest} (accepted neighbours: "
-            f"{', '.join(str(s) for s in (lower, upper) if s > 0)}); resize the data or pass "
-            "model.patch_size"
+            f"got {input_size}. Nearest accepted size: {nearest} (accepted neighbours: {lower}, "
+            f"{upper}); resize the data or pass model.patch_size"
         )
     return patch_size
 
