@@ -24,6 +24,7 @@ def test_modern_variant_has_61706_parameters() -> None:
 
 def test_1998_variant_has_60000_trainable_parameters_plus_fixed_rbf() -> None:
     assert _params(variant="1998") == 60_000
+    assert _params(variant=1998) == 60_000  # as YAML reads `variant: 1998`
     model = create_model("lenet5", variant="1998")
     centers = model.output.centers
     assert centers.numel() == 840 and not centers.requires_grad

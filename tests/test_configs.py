@@ -1,0 +1,141 @@
+"""Every option of every config group composes, resolves and builds what it describes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from classicnets.optim import build_scheduler
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+MakeCfg = Callable[..., DictConfig]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _resolve(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # raises on any dangling interpolation
+
+
+def test_groups_have_the_documented_options() -> None:
+    expected = {
+        "data": {"digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagenet",
+                 "imagefolder", "synthetic"},
+        "trainer": {"default", "cpu", "gpu", "mps", "ddp", "ddp_sim"},
+        "optimizer": {"sgd", "adam", "adamw", "rmsprop"},
+        "scheduler": {"cosine", "step", "multistep", "onecycle", "plateau", "none"},
+        "logger": {"csv", "tensorboard", "wandb", "many"},
+        "callbacks": {"default"},
+        "debug": {"fdr", "overfit", "limit", "profiler"},
+    }
+    for group, names in expected.items():
+        assert set(_options(group)) == names, group
+
+
+@pytest.mark.parametrize("name", _options("data"))
+def test_data_options(name: str, make_cfg: MakeCfg, tmp_path: Path) -> None:
+    extra = [f"data.path={tmp_path}"] if name == "imagefolder" else []
+    cfg = make_cfg(f"data={name}", *extra)
+    _resolve(cfg)
+    dm = instantiate(cfg.data)
+    assert (dm.num_classes, dm.in_channels, dm.image_size) == (
+        cfg.data.num_classes, cfg.data.in_channels, cfg.data.image_size)
+    # the model group reads its shape from data
+    assert cfg.model.num_classes == cfg.data.num_classes
+    assert cfg.model.input_size == cfg.data.image_size
+
+
+@pytest.mark.parametrize("name", _options("trainer"))
+def test_trainer_options(name: str, make_cfg: MakeCfg) -> None:
+    cfg = make_cfg(f"trainer={name}")
+    resolved = _resolve(cfg)["trainer"]
+    if name in ("gpu", "ddp"):
+        assert resolved["precision"] == "bf16-mixed" and resolved["accelerator"] == "gpu"
+    if name in ("ddp", "ddp_sim"):
+        assert resolved["strategy"] == "ddp" and resolved["sync_batchnorm"] is True
+    if name in ("default", "cpu", "ddp_sim"):  # buildable on any machine
+        trainer = instantiate(cfg.trainer, logger=False)
+        assert trainer.max_epochs == cfg.trainer.max_epochs
+        if name == "ddp_sim":
+            assert trainer.num_devices == 2
+
+
+@pytest.mark.parametrize("opt", _options("optimizer"))
+@pytest.mark.parametrize("sched", _options("scheduler"))
+def test_optimizer_and_scheduler_options(opt: str, sched: str, make_cfg: MakeCfg) -> None:
+    cfg = make_cfg(f"optimizer={opt}", f"scheduler={sched}")
+    resolved = _resolve(cfg)
+    param = torch.nn.Parameter(torch.zeros(3))
+    optimizer = instantiate(resolved["optimizer"])(params=[param])
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    out = build_scheduler(optimizer, resolved["scheduler"], total_steps=20, max_epochs=2)
+    assert (out is None) == (sched == "none")
+
+
+@pytest.mark.parametrize("name", _options("logger"))
+def test_logger_options(name: str, make_cfg: MakeCfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_cfg(f"logger={name}")
+    loggers = [instantiate(sub) for sub in cfg.logger.values()]
+    assert len(loggers) == (3 if name == "many" else 1)
+
+
+def test_callbacks_default(make_cfg: MakeCfg) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    cfg = make_cfg()
+    callbacks = [instantiate(sub) for sub in cfg.callbacks.values()]
+    ckpt = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
+    assert ckpt.save_last and ckpt.monitor == "val/acc" and ckpt.mode == "max"
+
+
+@pytest.mark.parametrize("name", _options("debug"))
+def test_debug_options(name: str, make_cfg: MakeCfg) -> None:
+    cfg = make_cfg(f"debug={name}")
+    assert cfg.task_name == "debug"
+    _resolve(cfg)
+
+
+@pytest.mark.parametrize("name", _options("experiment"))
+def test_experiment_recipes_compose_and_build(name: str, make_cfg: MakeCfg) -> None:
+    text = (CONF / "experiment" / f"{name}.yaml").read_text()
+    assert text.startswith("# @package _global_"), "experiments override the root config"
+    assert "Expected" in text or "expected" in text, f"{name}: state the expected accuracy"
+    cfg = make_cfg(f"experiment={name}")
+    resolved = _resolve(cfg)
+    assert resolved["task_name"] != "train", f"{name}: set task_name to the recipe's name"
+    with torch.device("meta"):
+        net = instantiate(resolved["model"])
+    assert sum(p.numel() for p in net.parameters()) > 0
+    instantiate(resolved["optimizer"])(params=[torch.nn.Parameter(torch.zeros(1))])
+
+
+@pytest.mark.parametrize("name", _options("model"))
+def test_model_options_compose_with_any_data(name: str, make_cfg: MakeCfg) -> None:
+    cfg = make_cfg(f"model={name}", "data=cifar100")
+    resolved = _resolve(cfg)["model"]
+    assert (resolved["num_classes"], resolved["in_channels"], resolved["input_size"]) == (
+        100, 3, 32)
+
+
+def test_eval_config_composes(make_cfg: MakeCfg) -> None:
+    cfg = make_cfg("ckpt_path=x.ckpt", config_name="eval")
+    assert cfg.task_name == "eval" and _resolve(cfg)["ckpt_path"] == "x.ckpt"
+
+
+def test_env_example_lists_every_variable_the_configs_read() -> None:
+    import re
+
+    used = set()
+    for path in CONF.rglob("*.yaml"):
+        used |= set(re.findall(r"oc\.env:([A-Z_]+)", path.read_text()))
+    listed = set(re.findall(r"^#?\s*([A-Z_]+)=", (CONF.parent / ".env.example").read_text(),
+                            re.MULTILINE))
+    assert used and used <= listed, f"missing from .env.example: {sorted(used - listed)}"
