@@ -212,7 +212,7 @@ def test_multirun_two_by_two_writes_summary(tmp_path: Path) -> None:
     with open(sweep / "sweep_summary.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["status"] for r in rows] == ["ok"] * 4
-    assert {r["overrides"] for r in rows} == {
+    assert {r["overrides"] for r in rows} == {  # the swept values; the rest is common
         f"model={m} optimizer.lr={lr}" for m in ("lenet5", "resnet20") for lr in ("0.1", "0.01")}
     assert all(0 <= float(r["test/acc"]) <= 1 for r in rows)
     assert "| job | overrides |" in (sweep / "sweep_summary.md").read_text()

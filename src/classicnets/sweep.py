@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["SweepSummary", "summarise_sweep"]
 
@@ -26,19 +26,24 @@ def summarise_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()),
                   key=lambda p: int(p.name))
+    overrides: list[list[str]] = []
     for job in jobs:
         row: dict[str, Any] = {"job": job.name}
         path = job / "metrics.json"
         if path.is_file():
             data = json.loads(path.read_text())
-            row["overrides"] = " ".join(data.get("overrides", []))
+            overrides.append(list(data.get("overrides", [])))
             row["status"] = "ok"
             row.update({k: data["metrics"].get(k) for k in COLUMNS})
         else:
-            overrides = job / ".hydra" / "overrides.yaml"
-            row["overrides"] = overrides.read_text().replace("\n", " ") if overrides.exists() else ""
+            saved = job / ".hydra" / "overrides.yaml"
+            overrides.append(list(OmegaConf.load(saved)) if saved.exists() else [])
             row["status"] = "failed"
         rows.append(row)
+    # the swept values tell jobs apart; overrides every job shares go in the header
+    common = set.intersection(*(set(o) for o in overrides)) if overrides else set()
+    for row, job_overrides in zip(rows, overrides):
+        row["overrides"] = " ".join(o for o in job_overrides if o not in common)
     fields = ["job", "overrides", "status", *COLUMNS]
     with open(sweep_dir / "sweep_summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
@@ -48,7 +53,8 @@ def summarise_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     def cell(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
 
-    lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    lines = [f"Sweep {sweep_dir.name}; every job: {' '.join(sorted(common)) or '(nothing else)'}",
+             "", "| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
     lines += ["| " + " | ".join(cell(r.get(f)) for f in fields) + " |" for r in rows]
     (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
     return rows

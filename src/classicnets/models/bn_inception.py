@@ -97,6 +97,8 @@ class BNInception(nn.Module):
 
     Deviations / choices:
 
+    * Module widths are those of Figure 5's filter columns and the released model (4c and 4d
+      output 608 channels, 4e 1056); the reference count 11,295,240 confirms them.
     * Conv biases are kept before BN, as in the released Caffe model (the paper's BN makes
       them redundant); BN uses eps 1e-5.
     * No dropout by default: §4.2.1 ("Remove Dropout") of the paper; ``dropout`` adds it back.
