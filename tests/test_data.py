@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from classicnets.data import DatasetError, ImageDataModule
+from classicnets.data.catalogue import CATALOGUE
 from formats import (
     write_cifar10,
     write_cifar100,
@@ -14,9 +17,6 @@ from formats import (
     write_mnist,
     write_svhn,
 )
-
-from classicnets.data import DatasetError, ImageDataModule
-from classicnets.data.catalogue import CATALOGUE
 
 
 def _batches(dm: ImageDataModule) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -29,7 +29,7 @@ def _check(dm: ImageDataModule, channels: int, size: int, classes: int) -> None:
     for split, (x, y) in _batches(dm).items():
         assert x.dtype == torch.float32 and y.dtype == torch.int64, split
         assert x.shape[1:] == (channels, size, size), (split, x.shape)
-        assert len(x) == len(y) and 0 <= int(y.min()) and int(y.max()) < classes
+        assert len(x) == len(y) and int(y.min()) >= 0 and int(y.max()) < classes
         assert torch.isfinite(x).all()
 
 

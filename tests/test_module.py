@@ -88,8 +88,9 @@ def test_compile_keeps_state_dict_unprefixed() -> None:
     assert keys and not any("_orig_mod" in k for k in keys)
 
 
-def _fit_one_step(tmp_path: Path, **module_kwargs: object) -> tuple[ImageClassifier, Path]:
-    module = ImageClassifier(MODEL, scheduler={"name": "cosine"}, **module_kwargs)
+def _fit_one_step(tmp_path: Path, model: dict = MODEL, **module_kwargs: object
+                  ) -> tuple[ImageClassifier, Path]:
+    module = ImageClassifier(model, scheduler={"name": "cosine"}, **module_kwargs)
     dm = ImageDataModule("synthetic", num_classes=10, num_samples=32, batch_size=16)
     trainer = L.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
@@ -136,7 +137,9 @@ def test_metrics_top5_and_nn_module_form() -> None:
 
 @pytest.mark.slow
 def test_compiled_training_step_runs(tmp_path: Path) -> None:
-    module, path = _fit_one_step(tmp_path, compile=True)
+    lenet = {**MODEL, "name": "lenet5", "in_channels": 3}
+    module, path = _fit_one_step(tmp_path, lenet, compile=True)
+    assert module._compiled is not None
     state = torch.load(path, weights_only=False)["state_dict"]
     assert not any("_orig_mod" in k for k in state)
     ImageClassifier.load_from_checkpoint(path, weights_only=False, compile=False)

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import DictConfig
-from zoo_sizes import BIG_MODELS
 
 from classicnets.data import DatasetError
 from classicnets.models import UnknownModelError, list_models
 from classicnets.module import CheckpointError
 from classicnets.pipeline import evaluate, train
+from zoo_sizes import BIG_MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ("extras.print_config=false", "~callbacks.rich_progress_bar",

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from zoo_sizes import BIG_MODELS
 
 from classicnets.models import (
     ClassifierOutput,
@@ -21,6 +20,7 @@ from classicnets.models import (
     get_model_info,
     list_models,
 )
+from zoo_sizes import BIG_MODELS
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 MODELS = list_models()
