@@ -1,0 +1,18 @@
+"""Datasets, transforms and the DataModule (ordinary and on-device fast loaders)."""
+
+from classicnets.data.catalogue import CATALOGUE, ArrayData, DatasetError, DatasetSpec, get_spec
+from classicnets.data.datamodule import ArrayDataset, ImageDataModule
+from classicnets.data.fast import DeviceLoader
+from classicnets.data.transforms import BatchTransform
+
+__all__ = [
+    "CATALOGUE",
+    "ArrayData",
+    "ArrayDataset",
+    "BatchTransform",
+    "DatasetError",
+    "DatasetSpec",
+    "DeviceLoader",
+    "ImageDataModule",
+    "get_spec",
+]

@@ -1,0 +1,298 @@
+"""One LightningDataModule for every dataset of the catalogue."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from classicnets.data.catalogue import ArrayData, DatasetError, DatasetSpec, get_spec
+from classicnets.data.fast import DeviceLoader
+from classicnets.data.transforms import BatchTransform, folder_transform, sample_transform
+
+__all__ = ["ArrayDataset", "ImageDataModule"]
+
+log = logging.getLogger(__name__)
+LOADERS = ("auto", "fast", "torch")
+
+
+class ArrayDataset(Dataset):
+    """Per-image view of an :class:`ArrayData` split for the ordinary DataLoader path."""
+
+    def __init__(self, data: ArrayData, transform: Any) -> None:
+        self.data, self.transform = data, transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.data.images[i]), int(self.data.labels[i])
+
+
+def _match_channels(data: ArrayData, want: int) -> ArrayData:
+    have = data.images.shape[1]
+    if have == want:
+        return data
+    if have == 1 and want == 3:  # grey → RGB by repetition
+        return ArrayData(data.images.expand(-1, 3, -1, -1).contiguous(), data.labels, data.classes)
+    if have == 3 and want == 1:  # RGB → luminance (ITU-R 601), as PIL's "L" mode
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        grey = (data.images.float() * w).sum(1, keepdim=True).round().to(torch.uint8)
+        return ArrayData(grey, data.labels, data.classes)
+    raise DatasetError(f"cannot convert {have}-channel images to {want} channels "
+                       "(data.in_channels must be 1 or 3)")
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Train/val/test loaders for a catalogue dataset (``name``), any size and channel count.
+
+    ``batch_size`` is the global batch: each of W DDP processes loads ``batch_size / W``.
+    ``loader``: ``fast`` keeps in-memory datasets on the training device and augments whole
+    batches there; ``torch`` is the ordinary per-image DataLoader; ``auto`` (default) picks
+    ``fast`` for in-memory datasets and ``torch`` for folder datasets.
+    The train/val split is drawn from ``seed`` so it is the same on every rank and every run.
+    """
+
+    def __init__(
+        self,
+        name: str = "digits",
+        *,
+        root: str | os.PathLike = "data",
+        path: str | os.PathLike | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int | None = None,
+        val_fraction: float = 0.1,
+        image_size: int | None = None,
+        num_classes: int | None = None,
+        in_channels: int | None = None,
+        augment: bool = True,
+        loader: str = "auto",
+        download: bool = False,
+        seed: int = 42,
+        num_samples: int = 512,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)  # the run logs the full config itself
+        self.spec: DatasetSpec = get_spec(name)
+        spec = self.spec
+        if loader not in LOADERS:
+            raise DatasetError(f"data.loader={loader!r} is not one of {', '.join(LOADERS)}")
+        if loader == "fast" and not spec.in_memory:
+            raise DatasetError(f"data.loader=fast needs an in-memory dataset; {name} is read from "
+                               "image files: use data.loader=torch (or auto)")
+        if not 0.0 <= val_fraction < 1.0:
+            raise DatasetError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        if batch_size < 1:
+            raise DatasetError(f"data.batch_size must be positive, got {batch_size}")
+        if spec.num_classes is not None and num_classes not in (None, spec.num_classes):
+            raise DatasetError(f"data.num_classes={num_classes} but {name} has "
+                               f"{spec.num_classes} classes; remove the override")
+        if spec.num_classes is None and num_classes is None:
+            raise DatasetError(f"{name} needs data.num_classes (the number of classes)")
+        if name == "imagefolder" and path is None:
+            raise DatasetError("data=imagefolder needs data.path=/path/to/images "
+                               f"(layout: {spec.layout})")
+        self.num_classes = int(num_classes or spec.num_classes)  # type: ignore[arg-type]
+        self.in_channels = int(in_channels or spec.in_channels)
+        if self.in_channels not in (1, 3):
+            raise DatasetError(f"data.in_channels must be 1 or 3, got {self.in_channels}")
+        self.image_size = int(image_size or spec.image_size)
+        self.root = Path(root).expanduser()
+        self.loader = ("fast" if spec.in_memory else "torch") if loader == "auto" else loader
+        mean, std = spec.mean, spec.std
+        if len(mean) != self.in_channels:  # converted channels: averaged / repeated stats
+            mean = (sum(mean) / len(mean),) * self.in_channels
+            std = (sum(std) / len(std),) * self.in_channels
+        self.mean, self.std = mean, std
+        self.train_set: ArrayData | Dataset | None = None
+        self.val_set: ArrayData | Dataset | None = None
+        self.test_set: ArrayData | Dataset | None = None
+        self.classes: list[str] = []
+
+    # ------------------------------------------------------------------ preparation
+    def prepare_data(self) -> None:
+        """Download where allowed and possible (rank 0 only); otherwise check files exist."""
+        if self.spec.reader is None or self.spec.downloader is None:
+            return
+        try:
+            self._read("test")
+        except DatasetError as missing:
+            if not self.hparams.download:
+                raise
+            try:
+                self.spec.downloader(self.root)
+            except Exception as err:  # network errors come in many types
+                raise DatasetError(
+                    f"{missing}\nDownloading it also failed ({type(err).__name__}: "
+                    f"{str(err).splitlines()[0] if str(err) else ''}). Copy the files to "
+                    f"{self.root} or set data.root to where they are."
+                ) from None
+
+    def _read(self, split: str) -> ArrayData:
+        reader = self.spec.reader
+        assert reader is not None
+        if self.spec.name == "synthetic":
+            data = reader(self.root, split, num_samples=self.hparams.num_samples,
+                          num_classes=self.num_classes, in_channels=self.in_channels,
+                          image_size=self.image_size, seed=self.hparams.seed)
+        else:
+            data = reader(self.root, split)
+        return _match_channels(data, self.in_channels)
+
+    @property
+    def world_size(self) -> int:
+        trainer = self.trainer
+        return trainer.world_size if trainer is not None else 1
+
+    @property
+    def per_device_batch_size(self) -> int:
+        ws = self.world_size
+        if self.hparams.batch_size % ws:
+            raise DatasetError(
+                f"data.batch_size={self.hparams.batch_size} (the global batch) is not divisible "
+                f"by the world size {ws} ({ws} processes); choose a multiple of {ws}"
+            )
+        return self.hparams.batch_size // ws
+
+    def setup(self, stage: str | None = None) -> None:
+        self.per_device_batch_size  # noqa: B018 — fail before any data is read
+        if self.train_set is not None:
+            return
+        if self.spec.in_memory:
+            self._setup_in_memory()
+        else:
+            self._setup_folders()
+        log.info("%s: %d train / %d val / %d test samples, %d classes, loader=%s",
+                 self.spec.name, len(self.train_set), len(self.val_set), len(self.test_set),
+                 self.num_classes, self.loader)
+
+    def _split(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.hparams.seed)
+        order = torch.randperm(n, generator=g)
+        n_val = round(n * self.hparams.val_fraction)
+        return order[n_val:], order[:n_val]
+
+    def _setup_in_memory(self) -> None:
+        full, test = self._read("train"), self._read("test")
+        if full.images.shape[-1] != full.images.shape[-2]:
+            raise DatasetError(f"{self.spec.name}: images must be square")
+        if int(full.labels.max()) >= self.num_classes:
+            raise DatasetError(f"{self.spec.name}: label {int(full.labels.max())} found but "
+                               f"data.num_classes={self.num_classes}")
+        self.classes = full.classes
+        if self.hparams.val_fraction == 0:
+            log.warning("data.val_fraction=0: validating on the test split")
+            self.train_set, self.val_set = full, test
+        else:
+            tr, va = self._split(len(full))
+            self.train_set = ArrayData(full.images[tr], full.labels[tr], full.classes)
+            self.val_set = ArrayData(full.images[va], full.labels[va], full.classes)
+        self.test_set = test
+
+    def _setup_folders(self) -> None:
+        from torchvision.datasets import ImageFolder
+
+        base = Path(self.hparams.path).expanduser() if self.spec.name == "imagefolder" else (
+            self.root / "imagenet")
+        train_dir = base / "train"
+        if not train_dir.is_dir():
+            raise DatasetError(
+                f"{self.spec.name}: expected {train_dir} but it does not exist. Expected layout: "
+                f"{self.spec.layout}. Point "
+                f"{'data.path' if self.spec.name == 'imagefolder' else 'data.root'} at it."
+            )
+
+        def folder(split_dir: Path, train: bool) -> ImageFolder:
+            tf = folder_transform(train=train and self.hparams.augment,
+                                  image_size=self.image_size, in_channels=self.in_channels,
+                                  mean=self.mean, std=self.std)
+            try:
+                return ImageFolder(str(split_dir), transform=tf)
+            except (FileNotFoundError, RuntimeError) as err:
+                raise DatasetError(f"{split_dir}: {err}") from None
+
+        train_aug = folder(train_dir, True)
+        self.classes = train_aug.classes
+        if len(self.classes) != self.num_classes:
+            raise DatasetError(
+                f"{train_dir} has {len(self.classes)} class folders ({', '.join(self.classes[:10])}"
+                f"{', ...' if len(self.classes) > 10 else ''}) but data.num_classes="
+                f"{self.num_classes}; set data.num_classes={len(self.classes)}"
+            )
+        val_dir, test_dir = base / "val", base / "test"
+        if val_dir.is_dir():
+            self.train_set, self.val_set = train_aug, folder(val_dir, False)
+        else:
+            tr, va = self._split(len(train_aug))
+            self.train_set = Subset(train_aug, tr.tolist())
+            self.val_set = Subset(folder(train_dir, False), va.tolist())
+        for part in (self.val_set,):
+            if len(part) == 0:
+                raise DatasetError(f"{self.spec.name}: the validation split is empty; raise "
+                                   "data.val_fraction or add a val/ folder")
+        if test_dir.is_dir():
+            self.test_set = folder(test_dir, False)
+        else:
+            log.warning("%s has no test/ folder: testing on the validation split", base)
+            self.test_set = self.val_set
+
+    # ------------------------------------------------------------------ loaders
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _num_workers(self) -> int:
+        if self.hparams.num_workers is not None:
+            return int(self.hparams.num_workers)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        return max(0, min(8, cpus // local - 1))
+
+    def _loader(self, data: Any, train: bool) -> DataLoader | DeviceLoader:
+        bs = self.per_device_batch_size if train else (
+            self.hparams.eval_batch_size or self.per_device_batch_size)
+        n_local = len(data) // self.world_size
+        # a last batch of one sample breaks BatchNorm; drop it only when a full batch exists
+        drop_last = train and n_local > bs
+        if self.loader == "fast":
+            trainer = self.trainer
+            tf = BatchTransform(self.spec.recipe, train=train and self.hparams.augment,
+                                native_size=data.images.shape[-1], image_size=self.image_size,
+                                mean=self.mean, std=self.std,
+                                channels_last=self.hparams.channels_last)
+            return DeviceLoader(data, batch_size=bs, transform=tf, device=self._device(),
+                                shuffle=train, drop_last=drop_last, seed=self.hparams.seed,
+                                rank=trainer.global_rank if trainer else 0,
+                                world_size=self.world_size)
+        if isinstance(data, ArrayData):
+            data = ArrayDataset(data, sample_transform(
+                self.spec.recipe, train=train and self.hparams.augment,
+                native_size=data.images.shape[-1], image_size=self.image_size,
+                mean=self.mean, std=self.std))
+        workers = self._num_workers()
+        pin = self.hparams.pin_memory
+        return DataLoader(
+            data, batch_size=bs, shuffle=train, drop_last=drop_last, num_workers=workers,
+            pin_memory=torch.cuda.is_available() if pin is None else pin,
+            persistent_workers=workers > 0 and self.hparams.persistent_workers,
+            generator=torch.Generator().manual_seed(self.hparams.seed) if train else None,
+        )
+
+    def train_dataloader(self) -> DataLoader | DeviceLoader:
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self) -> DataLoader | DeviceLoader:
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self) -> DataLoader | DeviceLoader:
+        return self._loader(self.test_set, False)
