@@ -128,27 +128,24 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = _metrics(trainer)
 
+    extra: dict[str, Any] = {}
     if cfg.get("test", True):
         ckpt = trainer.checkpoint_callback
         best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else ""
-        if not best:
+        if best:
+            extra["best_checkpoint"] = best
+        else:
             log.warning("no best checkpoint (checkpointing off?): testing the current weights")
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         metrics.update(_metrics(trainer))
-        if best:
-            metrics_note = {"best_checkpoint": best}
-            log.info("tested %s", best)
-        else:
-            metrics_note = {}
-    else:
-        metrics_note = {}
 
     name = cfg.get("optimized_metric")
     value = metrics.get(name) if name else None
     if name and value is None:
-        raise KeyError(f"optimized_metric={name!r} was not logged; logged: {sorted(metrics)}")
+        log.warning("optimized_metric=%s was not logged (logged: %s); returning None", name,
+                    ", ".join(sorted(metrics)))
     if trainer.is_global_zero:
-        _write_metrics(out_dir, metrics, value, name, metrics_note)
+        _write_metrics(out_dir, metrics, value, name, extra)
     _finish_wandb(loggers)
     return value, metrics
 
