@@ -157,3 +157,17 @@ def test_ddp_sim_ranks_see_disjoint_shards(tmp_path: Path) -> None:
         assert not set(r0) & set(r1) and set(r0) | set(r1) == set(range(64))
     first = json.loads((tmp_path / "rank0_epoch0.json").read_text())
     assert first != json.loads((tmp_path / "rank0_epoch1.json").read_text())  # reshuffled
+
+
+@pytest.mark.slow
+def test_fast_and_torch_paths_reach_the_same_accuracy_on_digits(make_cfg) -> None:
+    from classicnets.pipeline import train
+
+    accs = {}
+    for kind in ("fast", "torch"):
+        cfg = make_cfg(f"data.loader={kind}", "data.num_workers=0", "trainer.max_epochs=8",
+                       "extras.print_config=false", "~callbacks.rich_progress_bar",
+                       "trainer.enable_progress_bar=false", out=kind)
+        accs[kind] = train(cfg)[1]["test/acc"]
+    assert min(accs.values()) > 0.9, accs
+    assert abs(accs["fast"] - accs["torch"]) < 0.04, accs

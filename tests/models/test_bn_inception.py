@@ -37,7 +37,8 @@ def test_batch_norm_everywhere_and_no_5x5() -> None:
 def test_stride_two_modules_reduce_the_grid() -> None:
     model = _meta()
     blocks = dict(model.blocks.named_children())
-    assert list(blocks) == [f"inception{n}" for n in (["3a", "3b", "3c", "4a", "4b", "4c", "4d", "4e", "5a", "5b"])]
+    names = ("3a", "3b", "3c", "4a", "4b", "4c", "4d", "4e", "5a", "5b")
+    assert list(blocks) == [f"inception{n}" for n in names]
     sizes: dict[str, int] = {}
     for name, block in blocks.items():
         assert isinstance(block, BNInceptionModule)

@@ -187,8 +187,8 @@ class InceptionV3(nn.Module):
     the released model: the stem's 80-wide conv is 1×1 (Table 1 prints 3×3), the 35×35
     modules keep a 5×5 branch, the 17×17 stage has 4 modules plus the 17 → 8 reduction module
     (Table 1's "5×"), and the reductions are Figure 10 modules. The auxiliary head's FC is not
-    batch-normalised ("BN-auxiliary", §4 and Table 3) — as in the released model; its conv layers are.
-    Dropout 0.2 before the classifier (the released model's keep-probability 0.8).
+    batch-normalised ("BN-auxiliary", §4 and Table 3), as in the released model; its convs
+    are. Dropout 0.2 before the classifier (the released model's keep-probability 0.8).
 
     Small inputs: below 80 px the stem runs without its first two stride-2 stages (first conv
     stride 1, no max-pool after the first conv block), the paper's own low-resolution
@@ -275,6 +275,4 @@ def inception_v3(
     :class:`InceptionV3`); below 21 px the 8×8 grid would vanish and the build is refused.
     """
     require_min_size(input_size, 21, "inception_v3")
-    return InceptionV3(
-        num_classes, in_channels, input_size, aux_logits=aux_logits, dropout=dropout
-    )
+    return InceptionV3(num_classes, in_channels, input_size, aux_logits=aux_logits, dropout=dropout)

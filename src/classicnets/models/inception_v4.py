@@ -450,9 +450,10 @@ class InceptionResNetV2(nn.Module):
 
     Deviations from the paper's figures (the released model's widths, which the reference
     count fixes): the stem of Figure 3 is replaced by the released stem ending in a 320-wide
-    inception module; A/B/C blocks expand to 320/1088/2080 channels (Figures 16–19 print
-    384/1154/2048), Reduction-B's widths are 384/288/320 and 10/20/10 blocks are used instead
-    of Figure 15's 5/10/5; a final 1×1 conv to 1536 precedes the pooling.
+    inception module; A/B/C blocks expand to 320/1088/2080 channels (Figures 16, 17 and 19
+    print 384/1154/2048), 10/20/10 blocks are used instead of Figure 15's 5/10/5, and a final
+    1×1 conv to 1536 precedes the pooling. The branch widths inside the blocks and the
+    reductions (Table 1's k, l, m, n = 256, 256, 384, 384; Figure 18) are the paper's.
 
     ``residual_scale``: ``None`` uses the released per-block scales (0.17, 0.10, 0.20 for A,
     B, C); a float scales every residual by it (§3.3 recommends 0.1–0.3).
