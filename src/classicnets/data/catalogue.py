@@ -154,7 +154,8 @@ def _unpickle(path: Path) -> dict:
 def _cifar_reader(folder: str, files: dict[str, list[str]], label_key: bytes,
                   meta: tuple[str, bytes], num_classes: int) -> Callable[[Path, str], ArrayData]:
     def read(root: Path, split: str) -> ArrayData:
-        base = _require(root / folder, folder, f"{folder}/{{{','.join(sum(files.values(), []))}}}")
+        names = [n for split_files in files.values() for n in split_files]
+        base = _require(root / folder, folder, f"{folder}/{{{','.join(names)}}}")
         images, labels = [], []
         for name in files[split]:
             path = _require(base / name, folder, f"{folder}/{name}")
