@@ -133,7 +133,9 @@ def resolve_settings(cfg: DictConfig) -> DictConfig:
             value = cfg[key]
             user[key] = (OmegaConf.to_container(value, resolve=True)
                          if OmegaConf.is_config(value) else value)
-    s = OmegaConf.merge(OmegaConf.create(profile), OmegaConf.create(_drop_none(user)))
+    # every key of the config (nulls included), then the device's values, then the given ones
+    s = OmegaConf.merge(OmegaConf.create(user), OmegaConf.create(profile),
+                        OmegaConf.create(_drop_none(user)))
     s.device = str(device)
     for knob in _TIMING_KNOBS:
         if s.get(knob) is not None:
@@ -439,7 +441,7 @@ def bench_data(s: DictConfig, bench: Bench, root: str, seed: int) -> list[Row]:
         for path in paths:
             dm = _datamodule(bench, root, seed, name=str(d.name), loader=path,
                              num_samples=int(d.num_samples), batch_size=bs, image_size=size,
-                             num_workers=d.num_workers)
+                             num_workers=d.get("num_workers"))
             dm.trainer = device_trainer
             dm.setup("fit")
             loaders[path] = dm.train_dataloader()
