@@ -13,7 +13,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from classicnets.models.layers import ConvNormAct
+from classicnets.models.layers import ConvNormAct, init_weights
 from classicnets.models.registry import register_model, require_min_size
 
 __all__ = [
@@ -56,20 +56,6 @@ class _Concat(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([b(x) for b in self.branches], dim=1)
-
-
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.01, a=-0.02, b=0.02)
-            nn.init.zeros_(m.bias)
 
 
 class _Classifier(nn.Sequential):
@@ -216,7 +202,7 @@ class InceptionV4(nn.Module):
         self.reduction_b = _reduction_b_v4()  # → 1536
         self.inception_c = nn.Sequential(*(_inception_c() for _ in range(3)))
         self.head = _Classifier(1536, num_classes, dropout)
-        _init_weights(self)
+        init_weights(self, conv_mode="fan_in", truncate_linear=True)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.inception_a(self.stem(x))
@@ -373,7 +359,7 @@ class InceptionResNetV1(nn.Module):
         self.reduction_b = _ir_reduction_b(896, (384, 256, 256, 256))  # → 1792
         self.blocks_c = nn.Sequential(*(_ir1_block_c(sc) for _ in range(5)))
         self.head = _Classifier(1792, num_classes, dropout)
-        _init_weights(self)
+        init_weights(self, conv_mode="fan_in", truncate_linear=True)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.blocks_a(self.stem(x))
@@ -484,7 +470,7 @@ class InceptionResNetV2(nn.Module):
         )
         self.conv_head = _Conv(2080, 1536, 1)
         self.head = _Classifier(1536, num_classes, dropout)
-        _init_weights(self)
+        init_weights(self, conv_mode="fan_in", truncate_linear=True)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.blocks_a(self.stem(x))

@@ -27,6 +27,7 @@ __all__ = [
     "SqueezeExcite",
     "StochasticDepth",
     "channel_shuffle",
+    "init_weights",
     "make_divisible",
 ]
 
@@ -38,6 +39,32 @@ class ClassifierOutput(NamedTuple):
 
     logits: Tensor
     aux_logits: tuple[Tensor, ...] = ()
+
+
+def init_weights(model: nn.Module, *, conv_mode: str = "fan_out", linear_std: float = 0.01,
+                 truncate_linear: bool = False) -> None:
+    """He-normal convolutions, unit/zero norm layers, small-normal linear layers, zero biases.
+
+    Only ``torch.nn.init`` calls, so models build on the meta device too.
+    ``truncate_linear`` cuts the linear weights at two standard deviations.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode=conv_mode, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            if truncate_linear:
+                nn.init.trunc_normal_(m.weight, std=linear_std, a=-2 * linear_std,
+                                      b=2 * linear_std)
+            else:
+                nn.init.normal_(m.weight, 0.0, linear_std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:

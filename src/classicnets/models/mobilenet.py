@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from classicnets.models.layers import ConvNormAct, SqueezeExcite, make_divisible
+from classicnets.models.layers import ConvNormAct, SqueezeExcite, init_weights, make_divisible
 from classicnets.models.registry import register_model
 
 __all__ = [
@@ -47,21 +47,6 @@ _V1_PAPER = (
 )
 _V2_PAPER = "Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, CVPR"
 _V3_PAPER = "Howard et al., Searching for MobileNetV3, ICCV"
-
-
-def _init_weights(model: nn.Module) -> None:
-    """He-normal convs, unit BN, small-normal classifier (torch.nn.init only: meta-safe)."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            nn.init.zeros_(m.bias)
 
 
 def _first_strides(input_size: int) -> tuple[int, bool]:
@@ -138,7 +123,7 @@ class MobileNetV1(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cin, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(self.stem(x))
@@ -247,7 +232,7 @@ class MobileNetV2(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(last, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.head(self.blocks(self.stem(x)))
@@ -444,7 +429,7 @@ class MobileNetV3(nn.Module):
             nn.Dropout(dropout),
         )
         self.classifier = nn.Linear(hidden, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.last_se(self.last_conv(self.blocks(self.stem(x))))

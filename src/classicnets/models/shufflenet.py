@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from classicnets.models.layers import ConvNormAct, channel_shuffle
+from classicnets.models.layers import ConvNormAct, channel_shuffle, init_weights
 from classicnets.models.registry import register_model
 
 __all__ = [
@@ -43,22 +43,6 @@ _V1_PAPER = (
 _V2_PAPER = (
     "Ma et al., ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture Design, ECCV"
 )
-
-
-def _init_weights(model: nn.Module) -> None:
-    """He-normal convs, unit BN, small-normal classifier (torch.nn.init only: meta-safe)."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 def _stem(in_channels: int, out_channels: int, input_size: int) -> nn.Sequential:
@@ -204,7 +188,7 @@ class ShuffleNetV1(nn.Module):
         self.features = nn.Sequential(*units)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cin, num_classes, bias=False)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(self.stem(x))
@@ -327,7 +311,7 @@ class ShuffleNetV2(nn.Module):
         self.last_conv = ConvNormAct(cin, last, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(last, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.last_conv(self.features(self.stem(x)))
