@@ -43,8 +43,9 @@ def test_settings_take_the_device_profile_and_let_overrides_win(make_cfg) -> Non
     assert s.precision == "32-true" and s.channels_last is False
     assert s.template.model == "resnet20" and s.template.batch_size == 32
     # per-network sizes of the profile survive; a global timing knob reaches every section
-    s = resolve_settings(make_cfg("device=cpu", "rounds=2", "twins.sizes={resnet18: 160}",
-                                  config_name="benchmark"))
+    s = resolve_settings(
+        make_cfg("device=cpu", "rounds=2", "twins.sizes={resnet18: 160}", config_name="benchmark")
+    )
     assert s.twins.sizes.resnet18 == 160 and s.twins.sizes.inception_v3 == 299
     assert all(s[sec].rounds == 2 for sec in ("template", "data", "twins"))
     # the GPU profile is the one the H100 figures use
@@ -54,13 +55,16 @@ def test_settings_take_the_device_profile_and_let_overrides_win(make_cfg) -> Non
     assert cuda["epoch"]["num_samples"] == 50000
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("sections=[template,speed]", "unknown"),
-    ("precision=fp8", "precision"),
-    ("template.window_steps=0", "window_steps"),
-    ("template.warmup_steps=0", "warmup_steps"),
-    ("device=tpu", "device"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("sections=[template,speed]", "unknown"),
+        ("precision=fp8", "precision"),
+        ("template.window_steps=0", "window_steps"),
+        ("template.warmup_steps=0", "warmup_steps"),
+        ("device=tpu", "device"),
+    ],
+)
 def test_bad_settings_are_refused_with_the_key(make_cfg, override: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         resolve_settings(make_cfg("device=cpu", override, config_name="benchmark"))
@@ -86,11 +90,16 @@ def test_tiny_benchmark_writes_every_section(make_cfg, tmp_path: Path) -> None:
     assert len(table) == len(rows)
     found = {(r["section"], r["case"], r["variant"]) for r in table}
     assert found == {
-        ("template", "training", "lightning"), ("template", "training", "plain"),
-        ("data", "data only", "fast"), ("data", "data only", "torch"),
-        ("data", "training (plain loop)", "fast"), ("data", "training (plain loop)", "torch"),
-        ("twins", "resnet18", "ours"), ("twins", "resnet18", "reference"),
-        ("epoch", "synthetic 24 images", "epoch"), ("epoch", "synthetic 24 images", "fit total"),
+        ("template", "training", "lightning"),
+        ("template", "training", "plain"),
+        ("data", "data only", "fast"),
+        ("data", "data only", "torch"),
+        ("data", "training (plain loop)", "fast"),
+        ("data", "training (plain loop)", "torch"),
+        ("twins", "resnet18", "ours"),
+        ("twins", "resnet18", "reference"),
+        ("epoch", "synthetic 24 images", "epoch"),
+        ("epoch", "synthetic 24 images", "fit total"),
     }
     for r in table:
         assert _positive(r, "images_per_s") and _positive(r, "seconds"), r

@@ -17,7 +17,7 @@ from classicnets.data import DatasetError
 from classicnets.models import UnknownModelError, list_models
 from classicnets.module import CheckpointError
 from classicnets.pipeline import evaluate, train
-from zoo_sizes import BIG_MODELS
+from zoo_sizes import model_marks
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ("extras.print_config=false", "~callbacks.rich_progress_bar",
@@ -26,8 +26,7 @@ MakeCfg = Callable[..., DictConfig]
 
 
 def _fdr_params() -> list:
-    return [pytest.param(n, marks=[pytest.mark.slow] if n in BIG_MODELS else [], id=n)
-            for n in list_models()]
+    return [pytest.param(n, marks=model_marks(n), id=n) for n in list_models()]
 
 
 @pytest.mark.parametrize("name", _fdr_params())

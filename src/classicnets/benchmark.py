@@ -51,8 +51,19 @@ log = logging.getLogger(__name__)
 
 SECTIONS = ("template", "data", "twins", "epoch")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-_GLOBAL_KNOBS = ("device", "sections", "precision", "channels_last", "compile", "threads",
-                 "matmul_precision", "cudnn_benchmark", "rounds", "warmup_steps", "window_steps")
+_GLOBAL_KNOBS = (
+    "device",
+    "sections",
+    "precision",
+    "channels_last",
+    "compile",
+    "threads",
+    "matmul_precision",
+    "cudnn_benchmark",
+    "rounds",
+    "warmup_steps",
+    "window_steps",
+)
 _TIMING_KNOBS = ("rounds", "warmup_steps", "window_steps")
 
 
@@ -86,15 +97,20 @@ def _summarise(seconds: Sequence[float], steps: int, batch: int) -> dict[str, fl
     rates = [batch * steps / s for s in seconds]
     median_s = statistics.median(seconds)
     rate = batch * steps / median_s
-    return {"seconds": median_s, "images_per_s": rate, "ms_per_step": 1e3 * median_s / steps,
-            "spread_pct": 100.0 * (max(rates) - min(rates)) / rate, "windows": len(seconds)}
+    return {
+        "seconds": median_s,
+        "images_per_s": rate,
+        "ms_per_step": 1e3 * median_s / steps,
+        "spread_pct": 100.0 * (max(rates) - min(rates)) / rate,
+        "windows": len(seconds),
+    }
 
 
-def _paired_ratio(seconds: Sequence[float], baseline: Sequence[float], steps: int = 1,
-                  baseline_steps: int = 1) -> float:
+def _paired_ratio(
+    seconds: Sequence[float], baseline: Sequence[float], steps: int = 1, baseline_steps: int = 1
+) -> float:
     """Median over rounds of (throughput / baseline throughput) within each round."""
-    return statistics.median((steps / s) / (baseline_steps / b)
-                             for s, b in zip(seconds, baseline))
+    return statistics.median((steps / s) / (baseline_steps / b) for s, b in zip(seconds, baseline))
 
 
 # ---------------------------------------------------------------------------- settings
@@ -112,8 +128,10 @@ def _resolve_device(name: str) -> torch.device:
         name = "cuda"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device={name} but torch.cuda.is_available() is False; use "
-                             "device=cpu (or device=auto)")
+            raise ValueError(
+                f"device={name} but torch.cuda.is_available() is False; use "
+                "device=cpu (or device=auto)"
+            )
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
@@ -131,11 +149,13 @@ def resolve_settings(cfg: DictConfig) -> DictConfig:
     for key in (*_GLOBAL_KNOBS, *SECTIONS):
         if key in cfg:
             value = cfg[key]
-            user[key] = (OmegaConf.to_container(value, resolve=True)
-                         if OmegaConf.is_config(value) else value)
+            user[key] = (
+                OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            )
     # every key of the config (nulls included), then the device's values, then the given ones
-    s = OmegaConf.merge(OmegaConf.create(user), OmegaConf.create(profile),
-                        OmegaConf.create(_drop_none(user)))
+    s = OmegaConf.merge(
+        OmegaConf.create(user), OmegaConf.create(profile), OmegaConf.create(_drop_none(user))
+    )
     s.device = str(device)
     for knob in _TIMING_KNOBS:
         if s.get(knob) is not None:
@@ -152,9 +172,11 @@ def resolve_settings(cfg: DictConfig) -> DictConfig:
         sec = s.get(section) or {}
         for knob in _TIMING_KNOBS:
             if knob in sec and (sec[knob] is None or int(sec[knob]) < (knob != "warmup_steps")):
-                raise ValueError(f"{section}.{knob}={sec[knob]} must be a "
-                                 f"{'non-negative' if knob == 'warmup_steps' else 'positive'} "
-                                 "integer")
+                raise ValueError(
+                    f"{section}.{knob}={sec[knob]} must be a "
+                    f"{'non-negative' if knob == 'warmup_steps' else 'positive'} "
+                    "integer"
+                )
     if "template" in sections and int(s.template.warmup_steps) < 1:
         raise ValueError("template.warmup_steps must be >= 1 (the Trainer's first step sets up)")
     return s
@@ -209,11 +231,21 @@ class Bench:
         else:
             accelerator, devices = "cpu", 1
         return L.Trainer(
-            accelerator=accelerator, devices=devices, precision=self.precision, logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            limit_val_batches=0, num_sanity_val_steps=0, deterministic=False,
-            benchmark=self.cudnn_benchmark if self.cuda else None, log_every_n_steps=50,
-            default_root_dir=str(self.out_dir), **kwargs)
+            accelerator=accelerator,
+            devices=devices,
+            precision=self.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            deterministic=False,
+            benchmark=self.cudnn_benchmark if self.cuda else None,
+            log_every_n_steps=50,
+            default_root_dir=str(self.out_dir),
+            **kwargs,
+        )
 
 
 def _logits(out: Any) -> Tensor:
@@ -230,12 +262,14 @@ def _param_count(net: nn.Module) -> int:
 
 
 def _state_bytes(net: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in itertools.chain(net.parameters(),
-                                                                      net.buffers()))
+    return sum(
+        t.numel() * t.element_size() for t in itertools.chain(net.parameters(), net.buffers())
+    )
 
 
-def _timed_window(step: Callable[[], None], warmup: int, window: int,
-                  sync: Callable[[], None]) -> float:
+def _timed_window(
+    step: Callable[[], None], warmup: int, window: int, sync: Callable[[], None]
+) -> float:
     for _ in range(warmup):
         step()
     sync()
@@ -249,14 +283,24 @@ def _timed_window(step: Callable[[], None], warmup: int, window: int,
 class _TrainLoop:
     """The minimal PyTorch training step: zero_grad, forward, cross-entropy, backward, step."""
 
-    def __init__(self, net: nn.Module, batches: Iterator[tuple[Tensor, Tensor]], bench: Bench,
-                 *, lr: float, momentum: float, weight_decay: float) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        batches: Iterator[tuple[Tensor, Tensor]],
+        bench: Bench,
+        *,
+        lr: float,
+        momentum: float,
+        weight_decay: float,
+    ) -> None:
         self.net = bench.compiled(net)
         self.batches, self.autocast = batches, bench.autocast
-        self.opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
-                                   weight_decay=weight_decay)
-        self.scaler = (torch.amp.GradScaler(bench.device.type)
-                       if bench.precision == "16-mixed" else None)
+        self.opt = torch.optim.SGD(
+            net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
+        self.scaler = (
+            torch.amp.GradScaler(bench.device.type) if bench.precision == "16-mixed" else None
+        )
 
     def step(self) -> None:
         x, y = next(self.batches)
@@ -275,8 +319,12 @@ class _TrainLoop:
 @contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Lightning's per-Trainer banners ("GPU available ...") off; warnings stay on."""
-    levels = {"lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING,
-              "lightning": logging.WARNING, "classicnets.data.datamodule": logging.ERROR}
+    levels = {
+        "lightning.pytorch": logging.WARNING,
+        "lightning.fabric": logging.WARNING,
+        "lightning": logging.WARNING,
+        "classicnets.data.datamodule": logging.ERROR,
+    }
     saved = {n: logging.getLogger(n).level for n in levels}
     for n, level in levels.items():
         logging.getLogger(n).setLevel(level)
@@ -312,8 +360,9 @@ class _Cycle:
             yield self.batches[i % len(self.batches)]
 
 
-def _lightning_windows(warmup: int, window: int, sync: Callable[[], None],
-                       between: Callable[[], None]) -> Any:
+def _lightning_windows(
+    warmup: int, window: int, sync: Callable[[], None], between: Callable[[], None]
+) -> Any:
     from lightning.pytorch.callbacks import Callback
 
     class LightningWindows(Callback):
@@ -325,8 +374,9 @@ def _lightning_windows(warmup: int, window: int, sync: Callable[[], None],
             self.done, self.t0 = 0, 0.0
             self.seconds: list[float] = []
 
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
-                               batch_idx: int) -> None:
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
             self.done += 1
             position = self.done % (warmup + window)
             if position == warmup:
@@ -341,8 +391,13 @@ def _lightning_windows(warmup: int, window: int, sync: Callable[[], None],
 
 
 def _sgd(t: DictConfig) -> dict[str, Any]:
-    return {"_target_": "torch.optim.SGD", "_partial_": True, "lr": float(t.lr),
-            "momentum": float(t.momentum), "weight_decay": float(t.weight_decay)}
+    return {
+        "_target_": "torch.optim.SGD",
+        "_partial_": True,
+        "lr": float(t.lr),
+        "momentum": float(t.momentum),
+        "weight_decay": float(t.weight_decay),
+    }
 
 
 def bench_template(s: DictConfig, bench: Bench) -> list[Row]:
@@ -356,53 +411,106 @@ def bench_template(s: DictConfig, bench: Bench) -> list[Row]:
     hand_net = bench.place(copy.deepcopy(net))
     params = _param_count(net)
     g = torch.Generator(device="cpu").manual_seed(0)
-    batches = [(bench.images(bs, size),
-                torch.randint(0, classes, (bs,), generator=g).to(bench.device))
-               for _ in range(max(1, int(t.num_batches)))]
-    hand = _TrainLoop(hand_net, itertools.cycle(batches), bench, lr=float(t.lr),
-                      momentum=float(t.momentum), weight_decay=float(t.weight_decay))
+    batches = [
+        (bench.images(bs, size), torch.randint(0, classes, (bs,), generator=g).to(bench.device))
+        for _ in range(max(1, int(t.num_batches)))
+    ]
+    hand = _TrainLoop(
+        hand_net,
+        itertools.cycle(batches),
+        bench,
+        lr=float(t.lr),
+        momentum=float(t.momentum),
+        weight_decay=float(t.weight_decay),
+    )
     hand_seconds: list[float] = []
 
     def hand_window() -> None:
         hand_seconds.append(_timed_window(hand.step, warmup, window, bench.sync))
-        log.info("template round %d/%d: lightning %.0f, plain loop %.0f images/s",
-                 len(hand_seconds), rounds, bs * window / windows.seconds[-1],
-                 bs * window / hand_seconds[-1])
+        log.info(
+            "template round %d/%d: lightning %.0f, plain loop %.0f images/s",
+            len(hand_seconds),
+            rounds,
+            bs * window / windows.seconds[-1],
+            bs * window / hand_seconds[-1],
+        )
 
-    module = ImageClassifier(model=net, optimizer=_sgd(t), scheduler=None, compile=bench.compile,
-                             channels_last=bench.channels_last, num_classes=classes)
+    module = ImageClassifier(
+        model=net,
+        optimizer=_sgd(t),
+        scheduler=None,
+        compile=bench.compile,
+        channels_last=bench.channels_last,
+        num_classes=classes,
+    )
     windows = _lightning_windows(warmup, window, bench.sync, hand_window)
     total = rounds * (warmup + window)
     with _quiet_lightning():
         trainer = bench.trainer(max_steps=total, max_epochs=1, callbacks=[windows])
         trainer.fit(module, train_dataloaders=_Cycle(batches, total))
     if len(windows.seconds) != rounds or len(hand_seconds) != rounds:
-        raise RuntimeError(f"template: expected {rounds} windows per variant, got "
-                           f"{len(windows.seconds)} (Lightning) and {len(hand_seconds)} (plain)")
-    common = {"section": "template", "case": "training", "model": str(t.model), "batch_size": bs,
-              "image_size": size, "precision": bench.precision, "params": params}
+        raise RuntimeError(
+            f"template: expected {rounds} windows per variant, got "
+            f"{len(windows.seconds)} (Lightning) and {len(hand_seconds)} (plain)"
+        )
+    common = {
+        "section": "template",
+        "case": "training",
+        "model": str(t.model),
+        "batch_size": bs,
+        "image_size": size,
+        "precision": bench.precision,
+        "params": params,
+    }
     ratio = _paired_ratio(windows.seconds, hand_seconds)
     rows = [
-        Row(variant="lightning", ratio=ratio,
+        Row(
+            variant="lightning",
+            ratio=ratio,
             note="ImageClassifier under the Trainer: hooks, torchmetrics, logging",
-            **common, **_summarise(windows.seconds, window, bs)),
-        Row(variant="plain", ratio=1.0, note="zero_grad, forward, cross-entropy, backward, step",
-            **common, **_summarise(hand_seconds, window, bs)),
+            **common,
+            **_summarise(windows.seconds, window, bs),
+        ),
+        Row(
+            variant="plain",
+            ratio=1.0,
+            note="zero_grad, forward, cross-entropy, backward, step",
+            **common,
+            **_summarise(hand_seconds, window, bs),
+        ),
     ]
     return rows
 
 
 # ---------------------------------------------------------------------------- 2. data
-def _datamodule(bench: Bench, root: str, seed: int, *, name: str, loader: str,
-                num_samples: int, batch_size: int, image_size: int,
-                num_workers: int | None) -> Any:
+def _datamodule(
+    bench: Bench,
+    root: str,
+    seed: int,
+    *,
+    name: str,
+    loader: str,
+    num_samples: int,
+    batch_size: int,
+    image_size: int,
+    num_workers: int | None,
+) -> Any:
     from classicnets.data import ImageDataModule, get_spec
 
     spec = get_spec(name)
-    return ImageDataModule(name=name, root=root, batch_size=batch_size,
-                           num_workers=num_workers, val_fraction=0.0, image_size=image_size,
-                           num_classes=10 if spec.num_classes is None else None, loader=loader,
-                           num_samples=num_samples, seed=seed, channels_last=bench.channels_last)
+    return ImageDataModule(
+        name=name,
+        root=root,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        val_fraction=0.0,
+        image_size=image_size,
+        num_classes=10 if spec.num_classes is None else None,
+        loader=loader,
+        num_samples=num_samples,
+        seed=seed,
+        channels_last=bench.channels_last,
+    )
 
 
 def _device_batches(loader: Any, bench: Bench) -> Iterator[tuple[Tensor, Tensor]]:
@@ -439,52 +547,101 @@ def bench_data(s: DictConfig, bench: Bench, root: str, seed: int) -> list[Row]:
     with _quiet_lightning():
         device_trainer = bench.trainer()  # the DataModule asks its trainer for the device
         for path in paths:
-            dm = _datamodule(bench, root, seed, name=str(d.name), loader=path,
-                             num_samples=int(d.num_samples), batch_size=bs, image_size=size,
-                             num_workers=d.get("num_workers"))
+            dm = _datamodule(
+                bench,
+                root,
+                seed,
+                name=str(d.name),
+                loader=path,
+                num_samples=int(d.num_samples),
+                batch_size=bs,
+                image_size=size,
+                num_workers=d.get("num_workers"),
+            )
             dm.trainer = device_trainer
             dm.setup("fit")
             loaders[path] = dm.train_dataloader()
     workers = int(getattr(loaders["torch"], "num_workers", 0))
     # the ordinary loader's workers fill their prefetch queue during the other path's window:
     # its warm-up drains that queue so its timed window sees only steady-state throughput
-    warm = {p: max(warmup, _prefetched(loaders[p]) + 1) if _prefetched(loaders[p]) else warmup
-            for p in paths}
+    warm = {
+        p: max(warmup, _prefetched(loaders[p]) + 1) if _prefetched(loaders[p]) else warmup
+        for p in paths
+    }
     streams = {p: _device_batches(loaders[p], bench) for p in paths}
     seconds: dict[str, list[float]] = {p: [] for p in paths}
     for r in range(rounds):
         for p in paths:
+
             def fetch(it: Iterator[Any] = streams[p]) -> None:
                 next(it)
 
             seconds[p].append(_timed_window(fetch, warm[p], data_window, bench.sync))
-        log.info("data round %d/%d: fast %.0f, torch %.0f images/s", r + 1, rounds,
-                 bs * data_window / seconds["fast"][-1], bs * data_window / seconds["torch"][-1])
+        log.info(
+            "data round %d/%d: fast %.0f, torch %.0f images/s",
+            r + 1,
+            rounds,
+            bs * data_window / seconds["fast"][-1],
+            bs * data_window / seconds["torch"][-1],
+        )
     common = {"section": "data", "batch_size": bs, "image_size": size, "precision": ""}
-    note = {"fast": "on-device batches, batched crop+flip",
-            "torch": f"DataLoader, {workers} worker(s), per-image transforms"
-                     + (", to device" if bench.cuda else "")}
+    note = {
+        "fast": "on-device batches, batched crop+flip",
+        "torch": f"DataLoader, {workers} worker(s), per-image transforms"
+        + (", to device" if bench.cuda else ""),
+    }
     ratio = _paired_ratio(seconds["fast"], seconds["torch"])
-    rows = [Row(case="data only", variant=p, ratio=ratio if p == "fast" else 1.0, note=note[p],
-                **common, **_summarise(seconds[p], data_window, bs)) for p in paths]
+    rows = [
+        Row(
+            case="data only",
+            variant=p,
+            ratio=ratio if p == "fast" else 1.0,
+            note=note[p],
+            **common,
+            **_summarise(seconds[p], data_window, bs),
+        )
+        for p in paths
+    ]
 
     if d.get("train", True):
         net = create_model(t.model, num_classes=10, in_channels=3, input_size=size)
         params = _param_count(net)
-        loops = {p: _TrainLoop(bench.place(copy.deepcopy(net)), streams[p], bench,
-                               lr=float(t.lr), momentum=float(t.momentum),
-                               weight_decay=float(t.weight_decay)) for p in paths}
+        loops = {
+            p: _TrainLoop(
+                bench.place(copy.deepcopy(net)),
+                streams[p],
+                bench,
+                lr=float(t.lr),
+                momentum=float(t.momentum),
+                weight_decay=float(t.weight_decay),
+            )
+            for p in paths
+        }
         train_s: dict[str, list[float]] = {p: [] for p in paths}
         for r in range(rounds):
             for p in paths:
                 train_s[p].append(_timed_window(loops[p].step, warm[p], window, bench.sync))
-            log.info("data/train round %d/%d: fast %.0f, torch %.0f images/s", r + 1, rounds,
-                     bs * window / train_s["fast"][-1], bs * window / train_s["torch"][-1])
+            log.info(
+                "data/train round %d/%d: fast %.0f, torch %.0f images/s",
+                r + 1,
+                rounds,
+                bs * window / train_s["fast"][-1],
+                bs * window / train_s["torch"][-1],
+            )
         ratio = _paired_ratio(train_s["fast"], train_s["torch"])
-        rows += [Row(case="training (plain loop)", variant=p, model=str(t.model),
-                     ratio=ratio if p == "fast" else 1.0, params=params, note=note[p],
-                     **{**common, "precision": bench.precision},
-                     **_summarise(train_s[p], window, bs)) for p in paths]
+        rows += [
+            Row(
+                case="training (plain loop)",
+                variant=p,
+                model=str(t.model),
+                ratio=ratio if p == "fast" else 1.0,
+                params=params,
+                note=note[p],
+                **{**common, "precision": bench.precision},
+                **_summarise(train_s[p], window, bs),
+            )
+            for p in paths
+        ]
     return rows
 
 
@@ -528,8 +685,10 @@ def bench_twins(s: DictConfig, bench: Bench) -> list[Row]:
         try:
             import timm  # noqa: F401
         except ImportError:
-            log.warning("twins: timm is not installed (pip install -e '.[bench]'): skipping %s",
-                        ", ".join(timm_map))
+            log.warning(
+                "twins: timm is not installed (pip install -e '.[bench]'): skipping %s",
+                ", ".join(timm_map),
+            )
             timm_map = {}
     pairs += [(ours, str(ref)) for ours, ref in timm_map.items()]
     rows: list[Row] = []
@@ -538,14 +697,17 @@ def bench_twins(s: DictConfig, bench: Bench) -> list[Row]:
         size = int(sizes.get(name) or w.get("image_size") or info.input_size)
         bs = int(batches.get(name) or w.batch_size)
         extra = {"aux_logits": False} if name == "inception_v3" else {}
-        nets = {"ours": create_model(name, num_classes=1000, input_size=size, **extra),
-                "reference": _reference(name, size, timm_name)}
+        nets = {
+            "ours": create_model(name, num_classes=1000, input_size=size, **extra),
+            "reference": _reference(name, size, timm_name),
+        }
         params = {k: _param_count(v) for k, v in nets.items()}
         state = {k: _state_bytes(v) for k, v in nets.items()}
         x = bench.images(bs, size)
         y = torch.randint(0, 1000, (bs,), device=bench.device)
-        runners = {k: _ForwardBackward(bench.place(v).train(), x, y, bench)
-                   for k, v in nets.items()}
+        runners = {
+            k: _ForwardBackward(bench.place(v).train(), x, y, bench) for k, v in nets.items()
+        }
         seconds: dict[str, list[float]] = {k: [] for k in runners}
         peak: dict[str, float] = dict.fromkeys(runners, 0.0 if bench.cuda else math.nan)
         for _ in range(rounds):
@@ -562,17 +724,38 @@ def bench_twins(s: DictConfig, bench: Bench) -> list[Row]:
                     peak[k] = max(peak[k], used / 2**20)
         speed = _paired_ratio(seconds["ours"], seconds["reference"])
         ref_label = f"timm {timm_name}" if timm_name else f"torchvision {name}"
-        note = "" if params["ours"] == params["reference"] else (
-            f"parameter counts differ ({params['ours']:,} vs {params['reference']:,})")
+        note = (
+            ""
+            if params["ours"] == params["reference"]
+            else (f"parameter counts differ ({params['ours']:,} vs {params['reference']:,})")
+        )
         for k in runners:
-            rows.append(Row(section="twins", case=name, variant=k,
-                            model=name if k == "ours" else ref_label, batch_size=bs,
-                            image_size=size, precision=bench.precision,
-                            ratio=speed if k == "ours" else 1.0, peak_mem_mib=peak[k],
-                            params=params[k], note=note,
-                            **_summarise(seconds[k], window, bs)))
-        log.info("twins %s (%d px, batch %d): ours %.1f ms, %s %.1f ms, speed ratio %.3f", name,
-                 size, bs, rows[-2].ms_per_step, ref_label, rows[-1].ms_per_step, speed)
+            rows.append(
+                Row(
+                    section="twins",
+                    case=name,
+                    variant=k,
+                    model=name if k == "ours" else ref_label,
+                    batch_size=bs,
+                    image_size=size,
+                    precision=bench.precision,
+                    ratio=speed if k == "ours" else 1.0,
+                    peak_mem_mib=peak[k],
+                    params=params[k],
+                    note=note,
+                    **_summarise(seconds[k], window, bs),
+                )
+            )
+        log.info(
+            "twins %s (%d px, batch %d): ours %.1f ms, %s %.1f ms, speed ratio %.3f",
+            name,
+            size,
+            bs,
+            rows[-2].ms_per_step,
+            ref_label,
+            rows[-1].ms_per_step,
+            speed,
+        )
         del runners, nets, x, y
         _free(bench)
     return rows
@@ -591,8 +774,9 @@ def _epoch_timer(sync: Callable[[], None]) -> Any:
             sync()
             self.t0, self.images = time.perf_counter(), 0
 
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
-                               batch_idx: int) -> None:
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
             self.images += int(batch[1].shape[0])
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -611,35 +795,78 @@ def bench_epoch(s: DictConfig, bench: Bench, root: str, seed: int) -> list[Row]:
     warm = int(e.warmup_epochs or 0)
     start = time.perf_counter()
     with _quiet_lightning():
-        dm = _datamodule(bench, root, seed, name="synthetic", loader="fast", num_samples=n,
-                         batch_size=bs, image_size=size, num_workers=None)
+        dm = _datamodule(
+            bench,
+            root,
+            seed,
+            name="synthetic",
+            loader="fast",
+            num_samples=n,
+            batch_size=bs,
+            image_size=size,
+            num_workers=None,
+        )
         net = create_model(e.model, num_classes=10, in_channels=3, input_size=size)
-        module = ImageClassifier(model=net, optimizer=_sgd(t), scheduler=None,
-                                 compile=bench.compile, channels_last=bench.channels_last,
-                                 num_classes=10)
+        module = ImageClassifier(
+            model=net,
+            optimizer=_sgd(t),
+            scheduler=None,
+            compile=bench.compile,
+            channels_last=bench.channels_last,
+            num_classes=10,
+        )
         timer = _epoch_timer(bench.sync)
         trainer = bench.trainer(max_epochs=warm + 1, callbacks=[timer])
         trainer.fit(module, datamodule=dm)
     bench.sync()
     total = time.perf_counter() - start
-    common = {"section": "epoch", "model": str(e.model), "batch_size": bs, "image_size": size,
-              "precision": bench.precision, "params": _param_count(net), "windows": 1}
+    common = {
+        "section": "epoch",
+        "model": str(e.model),
+        "batch_size": bs,
+        "image_size": size,
+        "precision": bench.precision,
+        "params": _param_count(net),
+        "windows": 1,
+    }
     seconds, images = timer.epochs[-1]
-    rows = [Row(case=f"synthetic {n} images", variant="epoch", seconds=seconds,
-                images_per_s=images / seconds, ms_per_step=1e3 * seconds / max(1, images // bs),
-                note=f"steady epoch ({images} images, Trainer, fast loader, no validation)",
-                **common)]
+    rows = [
+        Row(
+            case=f"synthetic {n} images",
+            variant="epoch",
+            seconds=seconds,
+            images_per_s=images / seconds,
+            ms_per_step=1e3 * seconds / max(1, images // bs),
+            note=f"steady epoch ({images} images, Trainer, fast loader, no validation)",
+            **common,
+        )
+    ]
     if warm:
         first_s, first_n = timer.epochs[0]
-        rows.append(Row(case=f"synthetic {n} images", variant="first epoch", seconds=first_s,
-                        images_per_s=first_n / first_s,
-                        ms_per_step=1e3 * first_s / max(1, first_n // bs),
-                        note="cold: cudnn autotuning / compilation", **common))
+        rows.append(
+            Row(
+                case=f"synthetic {n} images",
+                variant="first epoch",
+                seconds=first_s,
+                images_per_s=first_n / first_s,
+                ms_per_step=1e3 * first_s / max(1, first_n // bs),
+                note="cold: first steps"
+                + (", cudnn autotuning" if bench.cuda else "")
+                + (", torch.compile" if bench.compile else ""),
+                **common,
+            )
+        )
     done = sum(k for _, k in timer.epochs)
-    rows.append(Row(case=f"synthetic {n} images", variant="fit total", seconds=total,
-                    images_per_s=done / total, note=(
-                        f"{len(timer.epochs)} epoch(s) incl. data generation and setup"),
-                    **common))
+    rows.append(
+        Row(
+            case=f"synthetic {n} images",
+            variant="fit total",
+            seconds=total,
+            images_per_s=done / total,
+            note=(f"{len(timer.epochs)} epoch(s) incl. data generation and setup"),
+            **common,
+        )
+    )
     return rows
 
 
@@ -659,10 +886,14 @@ def machine_info(bench: Bench) -> dict[str, str]:
     import torchvision
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"cpu": f"{_cpu_model()} ({cores} cores, {torch.get_num_threads()} torch threads)",
-            "gpu": torch.cuda.get_device_name(bench.device) if bench.cuda else "none",
-            "software": f"Python {platform.python_version()}, torch {torch.__version__}, "
-                        f"torchvision {torchvision.__version__}, lightning {lightning.__version__}"}
+    info = {
+        "cpu": f"{_cpu_model()} ({cores} cores, {torch.get_num_threads()} torch threads)",
+        "gpu": torch.cuda.get_device_name(bench.device) if bench.cuda else "none",
+        "software": f"Python {platform.python_version()}, torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}, lightning {lightning.__version__}",
+    }
+    if hasattr(os, "getloadavg"):
+        info["load"] = f"{os.getloadavg()[0]:.2f}"
     if bench.cuda:
         info["software"] += f", CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
     try:
@@ -675,8 +906,11 @@ def machine_info(bench: Bench) -> dict[str, str]:
 
 
 def _f(value: float, fmt: str) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else (
-        format(value, fmt))
+    return (
+        "–"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else (format(value, fmt))
+    )
 
 
 def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
@@ -689,87 +923,171 @@ def _verdict(value: float, target: float) -> str:
     return "met" if value >= target else "**not met**"
 
 
-def render_markdown(rows: Sequence[Row], s: DictConfig, bench: Bench,
-                    info: dict[str, str]) -> str:
-    md = ["# classicnets benchmark", "",
-          f"- machine: {info['cpu']}; GPU: {info['gpu']}",
-          f"- {info['software']}",
-          f"- device {bench.device}, precision {bench.precision}, channels_last "
-          f"{bench.channels_last}, compile {bench.compile}"
-          + (f", matmul precision {s.get('matmul_precision')}, cudnn.benchmark "
-             f"{bench.cudnn_benchmark}" if bench.cuda else ""),
-          "- each figure: median over windows; variants alternate window by window; ratios are "
-          "medians of per-round ratios; spread = (max - min) / median of the windows' images/s",
-          ""]
+def render_markdown(rows: Sequence[Row], s: DictConfig, bench: Bench, info: dict[str, str]) -> str:
+    md = [
+        "# classicnets benchmark",
+        "",
+        f"- machine: {info['cpu']}; GPU: {info['gpu']}"
+        + (
+            f"; load average {info['load']} at start, {os.getloadavg()[0]:.2f} at this table "
+            "(other processes skew CPU figures)"
+            if "load" in info
+            else ""
+        ),
+        f"- {info['software']}",
+        f"- device {bench.device}, precision {bench.precision}, channels_last "
+        f"{bench.channels_last}, compile {bench.compile}"
+        + (
+            f", matmul precision {s.get('matmul_precision')}, cudnn.benchmark "
+            f"{bench.cudnn_benchmark}"
+            if bench.cuda
+            else ""
+        ),
+        "- each figure: median over windows; variants alternate window by window; ratios are "
+        "medians of per-round ratios; spread = (max - min) / median of the windows' images/s",
+        "",
+    ]
     by = {sec: [r for r in rows if r.section == sec] for sec in SECTIONS}
     if by["template"]:
         t, lrow, prow = s.template, by["template"][0], by["template"][1]
-        md += ["## 1. Template: ImageClassifier under the Lightning Trainer vs a plain loop", "",
-               f"{lrow.model}, batch {lrow.batch_size}, {lrow.image_size} px, "
-               f"{lrow.precision}, SGD momentum {t.momentum}, the same {t.num_batches} "
-               f"pre-made batches on the device; {lrow.windows} window(s) per variant of "
-               f"{t.window_steps} steps, each after {t.warmup_steps} untimed step(s)", ""]
-        md += _table(["variant", "images/s", "ms/step", "spread", "what runs"], [
-            [r.variant, _f(r.images_per_s, ",.0f"), _f(r.ms_per_step, ".2f"),
-             _f(r.spread_pct, ".1f") + " %", r.note] for r in (lrow, prow)])
-        md += ["", f"**template / plain = {lrow.ratio:.3f}** (target ≥ 0.97: "
-               f"{_verdict(lrow.ratio, 0.97)})"]
+        md += [
+            "## 1. Template: ImageClassifier under the Lightning Trainer vs a plain loop",
+            "",
+            f"{lrow.model}, batch {lrow.batch_size}, {lrow.image_size} px, "
+            f"{lrow.precision}, SGD momentum {t.momentum}, the same {t.num_batches} "
+            f"pre-made batches on the device; {lrow.windows} window(s) per variant of "
+            f"{t.window_steps} steps, each after {t.warmup_steps} untimed step(s)",
+            "",
+        ]
+        md += _table(
+            ["variant", "images/s", "ms/step", "spread", "what runs"],
+            [
+                [
+                    r.variant,
+                    _f(r.images_per_s, ",.0f"),
+                    _f(r.ms_per_step, ".2f"),
+                    _f(r.spread_pct, ".1f") + " %",
+                    r.note,
+                ]
+                for r in (lrow, prow)
+            ],
+        )
+        md += [
+            "",
+            f"**template / plain = {lrow.ratio:.3f}** (target ≥ 0.97: "
+            f"{_verdict(lrow.ratio, 0.97)})",
+        ]
         if bench.cuda and lrow.model == "resnet18" and lrow.image_size == 32:
-            md += ["", f"CIFAR ResNet-18 training: {lrow.images_per_s:,.0f} images/s under the "
-                   "Trainer (H100 target ≥ 50,000: "
-                   f"{_verdict(lrow.images_per_s, 50_000)})"]
+            md += [
+                "",
+                f"CIFAR ResNet-18 training: {lrow.images_per_s:,.0f} images/s under the "
+                "Trainer (H100 target ≥ 50,000: "
+                f"{_verdict(lrow.images_per_s, 50_000)})",
+            ]
         md.append("")
     if by["data"]:
         d = s.data
-        md += ["## 2. Data paths: fast (on-device) vs torch (DataLoader)", "",
-               f"data={d.name}, {d.num_samples} samples, {d.image_size} px, crop+flip "
-               f"augmentation, batch {d.batch_size}; data only = iterate the training loader "
-               "(batches on the device); training = plain PyTorch loop on "
-               f"{s.template.model} fed by each loader", ""]
-        md += _table(["case", "path", "images/s", "ms/batch", "spread", "fast / torch", "note"],
-                     [[r.case, r.variant, _f(r.images_per_s, ",.0f"), _f(r.ms_per_step, ".2f"),
-                       _f(r.spread_pct, ".1f") + " %",
-                       _f(r.ratio, ".2f") if r.variant == "fast" else "", r.note]
-                      for r in by["data"]])
+        md += [
+            "## 2. Data paths: fast (on-device) vs torch (DataLoader)",
+            "",
+            f"data={d.name}, {d.num_samples} samples, {d.image_size} px, crop+flip "
+            f"augmentation, batch {d.batch_size}; data only = iterate the training loader "
+            "(batches on the device); training = plain PyTorch loop on "
+            f"{s.template.model} fed by each loader",
+            "",
+        ]
+        md += _table(
+            ["case", "path", "images/s", "ms/batch", "spread", "fast / torch", "note"],
+            [
+                [
+                    r.case,
+                    r.variant,
+                    _f(r.images_per_s, ",.0f"),
+                    _f(r.ms_per_step, ".2f"),
+                    _f(r.spread_pct, ".1f") + " %",
+                    _f(r.ratio, ".2f") if r.variant == "fast" else "",
+                    r.note,
+                ]
+                for r in by["data"]
+            ],
+        )
         fast = next(r for r in by["data"] if r.case == "data only" and r.variant == "fast")
-        md += ["", f"**data only: fast / torch = {fast.ratio:.1f}×** (target ≥ 10×: "
-               f"{_verdict(fast.ratio, 10.0)})", ""]
+        md += [
+            "",
+            f"**data only: fast / torch = {fast.ratio:.1f}×** (target ≥ 10×: "
+            f"{_verdict(fast.ratio, 10.0)})",
+            "",
+        ]
     if by["twins"]:
-        md += ["## 3. Twins: ours vs the reference implementation (forward + backward)", "",
-               "same input (random, batch × size below), train mode, cross-entropy, "
-               f"{bench.precision}; time ratio = ours / reference; speed ratio = reference / "
-               "ours (≥ 0.95: ours is no slower)"
-               + ("; peak = the network's weights + the step's extra memory" if bench.cuda
-                  else ""), ""]
-        head = ["model", "reference", "input", "ours ms", "ref ms", "time ratio",
-                "speed ratio", "params"]
+        md += [
+            "## 3. Twins: ours vs the reference implementation (forward + backward)",
+            "",
+            "same input (random, batch × size below), train mode, cross-entropy, "
+            f"{bench.precision}; time ratio = ours / reference; speed ratio = reference / "
+            "ours (≥ 0.95: ours is no slower)"
+            + ("; peak = the network's weights + the step's extra memory" if bench.cuda else ""),
+            "",
+        ]
+        head = [
+            "model",
+            "reference",
+            "input",
+            "ours ms",
+            "ref ms",
+            "time ratio",
+            "speed ratio",
+            "params",
+        ]
         if bench.cuda:
             head += ["ours MiB", "ref MiB"]
         lines = []
         twins = by["twins"]
         for ours, ref in zip(twins[0::2], twins[1::2]):
-            line = [ours.case, ref.model, f"{ours.batch_size}×{ours.image_size}²",
-                    _f(ours.ms_per_step, ".1f"), _f(ref.ms_per_step, ".1f"),
-                    _f(1.0 / ours.ratio, ".3f"),
-                    _f(ours.ratio, ".3f") + ("" if ours.ratio >= 0.95 else " ⚠"),
-                    f"{ours.params / 1e6:.2f} M" + ("" if ours.params == ref.params else
-                                                    f" vs {ref.params / 1e6:.2f} M")]
+            line = [
+                ours.case,
+                ref.model,
+                f"{ours.batch_size}×{ours.image_size}²",
+                _f(ours.ms_per_step, ".1f"),
+                _f(ref.ms_per_step, ".1f"),
+                _f(1.0 / ours.ratio, ".3f"),
+                _f(ours.ratio, ".3f") + ("" if ours.ratio >= 0.95 else " ⚠"),
+                f"{ours.params / 1e6:.2f} M"
+                + ("" if ours.params == ref.params else f" vs {ref.params / 1e6:.2f} M"),
+            ]
             if bench.cuda:
                 line += [_f(ours.peak_mem_mib, ",.0f"), _f(ref.peak_mem_mib, ",.0f")]
             lines.append(line)
         md += _table(head, lines)
         slow = [r.case for r in twins[0::2] if r.ratio < 0.95]
-        md += ["", f"{len(twins) // 2 - len(slow)} of {len(twins) // 2} at speed ratio ≥ 0.95"
-               + (f"; below: {', '.join(slow)}" if slow else ""), ""]
+        md += [
+            "",
+            f"{len(twins) // 2 - len(slow)} of {len(twins) // 2} at speed ratio ≥ 0.95"
+            + (f"; below: {', '.join(slow)}" if slow else ""),
+            "",
+        ]
     if by["epoch"]:
         e = by["epoch"]
-        md += ["## 4. One epoch through the Trainer (fast loader)", "",
-               f"{e[0].model}, batch {e[0].batch_size}, {e[0].image_size} px, "
-               f"{e[0].precision}, data=synthetic num_samples={s.epoch.num_samples} "
-               "val_fraction=0, validation off", ""]
-        md += _table(["", "wall s", "images/s", "ms/step", "note"],
-                     [[r.variant, _f(r.seconds, ".2f"), _f(r.images_per_s, ",.0f"),
-                       _f(r.ms_per_step, ".2f"), r.note] for r in e])
+        md += [
+            "## 4. One epoch through the Trainer (fast loader)",
+            "",
+            f"{e[0].model}, batch {e[0].batch_size}, {e[0].image_size} px, "
+            f"{e[0].precision}, data=synthetic num_samples={s.epoch.num_samples} "
+            "val_fraction=0, validation off",
+            "",
+        ]
+        md += _table(
+            ["", "wall s", "images/s", "ms/step", "note"],
+            [
+                [
+                    r.variant,
+                    _f(r.seconds, ".2f"),
+                    _f(r.images_per_s, ",.0f"),
+                    _f(r.ms_per_step, ".2f"),
+                    r.note,
+                ]
+                for r in e
+            ],
+        )
         md.append("")
     return "\n".join(md)
 
@@ -807,9 +1125,14 @@ def run_benchmark(cfg: DictConfig) -> list[Row]:
     out_dir = _output_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(s, out_dir / "benchmark_settings.yaml")
-    bench = Bench(device=torch.device(s.device), precision=str(s.precision),
-                  channels_last=bool(s.channels_last), compile=bool(s.compile),
-                  cudnn_benchmark=bool(s.get("cudnn_benchmark", True)), out_dir=out_dir)
+    bench = Bench(
+        device=torch.device(s.device),
+        precision=str(s.precision),
+        channels_last=bool(s.channels_last),
+        compile=bool(s.compile),
+        cudnn_benchmark=bool(s.get("cudnn_benchmark", True)),
+        out_dir=out_dir,
+    )
     if bench.cuda:
         torch.cuda.set_device(bench.device)
         if s.get("matmul_precision"):

@@ -20,14 +20,14 @@ from classicnets.models import (
     get_model_info,
     list_models,
 )
-from zoo_sizes import BIG_MODELS
+from zoo_sizes import model_marks
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 MODELS = list_models()
 
 
 def _param(name: str) -> object:
-    marks = [pytest.mark.slow] if name in BIG_MODELS else []
+    marks = model_marks(name)
     return pytest.param(name, marks=marks, id=name)
 
 
