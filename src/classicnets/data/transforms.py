@@ -74,31 +74,33 @@ class BatchTransform:
         self.channels_last = channels_last
 
     def random_crop_flip(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        b, _, h, w = x.shape
+        b, c, h, w = x.shape
         p = self.pad
-        padded = F.pad(x, (p, p, p, p))
+        hp, wp = h + 2 * p, w + 2 * p
+        padded = F.pad(x, (p, p, p, p)).view(b, c, hp * wp)
         dev = x.device
-        oy = torch.randint(0, 2 * p + 1, (b, 1), device=dev, generator=generator)
-        ox = torch.randint(0, 2 * p + 1, (b, 1), device=dev, generator=generator)
-        rows = (oy + torch.arange(h, device=dev))[:, :, None]  # (B, H, 1)
-        cols = (ox + torch.arange(w, device=dev))[:, None, :]  # (B, 1, W)
-        batch = torch.arange(b, device=dev)[:, None, None]
-        out = padded.permute(0, 2, 3, 1)[batch, rows, cols]  # (B, H, W, C): one gather
-        flip = torch.rand(b, device=dev, generator=generator) < 0.5
-        out = torch.where(flip[:, None, None, None], out.flip(2), out)
-        return out.permute(0, 3, 1, 2)
+        oy = torch.randint(0, 2 * p + 1, (b, 1, 1), device=dev, generator=generator)
+        ox = torch.randint(0, 2 * p + 1, (b, 1, 1), device=dev, generator=generator)
+        flip = torch.rand(b, 1, 1, device=dev, generator=generator) < 0.5
+        cols = torch.arange(w, device=dev).view(1, 1, w)
+        cols = torch.where(flip, w - 1 - cols, cols) + ox  # a flip is reversed columns
+        rows = torch.arange(h, device=dev).view(1, h, 1) + oy
+        # one gather of flat pixel indices does crop and flip together, for every channel
+        index = (rows * wp + cols).view(b, 1, h * w).expand(b, c, h * w)
+        return padded.gather(2, index).view(b, c, h, w)
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if self.augment:
             if generator is None:
                 raise ValueError("training augmentation needs a generator for reproducibility")
             x = self.random_crop_flip(x, generator)
-        x = x.float().div_(255.0)
         if self.image_size != self.native_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              antialias=True, align_corners=False)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        x = x.sub_(mean).div_(std)
+            x = F.interpolate(x.float().div_(255.0), size=(self.image_size, self.image_size),
+                              mode="bilinear", antialias=True, align_corners=False)
+            x = x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
+        else:  # (x / 255 - mean) / std as one multiply-add pass over the batch
+            scale = (1.0 / (255.0 * self.std)).to(x.device)
+            x = torch.addcmul((-self.mean / self.std).to(x.device), x.float(), scale)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
