@@ -45,5 +45,6 @@ def test_bf16_channels_last_training(compile_net: bool, make_cfg: Callable[..., 
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=False, map_location="cpu")["state_dict"]
     assert not any("_orig_mod" in k for k in state)
-    loaded = ImageClassifier.load_from_checkpoint(last, weights_only=False, compile=False)
+    loaded = ImageClassifier.load_from_checkpoint(last, weights_only=False, compile=False,
+                                                  map_location="cpu")
     assert loaded.net(torch.randn(2, 3, 32, 32)).shape == (2, 10)

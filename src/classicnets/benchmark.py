@@ -63,8 +63,9 @@ _GLOBAL_KNOBS = (
     "rounds",
     "warmup_steps",
     "window_steps",
+    "min_window_s",
 )
-_TIMING_KNOBS = ("rounds", "warmup_steps", "window_steps")
+_TIMING_KNOBS = ("rounds", "warmup_steps", "window_steps", "min_window_s")
 
 
 # ---------------------------------------------------------------------------- results
@@ -80,6 +81,7 @@ class Row:
     image_size: int = 0
     precision: str = ""
     windows: int = 0
+    steps: int = 0  # timed steps (batches) per window
     seconds: float = math.nan  # median window (or the epoch's) wall seconds
     images_per_s: float = math.nan
     ms_per_step: float = math.nan
@@ -88,12 +90,13 @@ class Row:
     peak_mem_mib: float = math.nan
     params: int = 0
     note: str = ""
+    window_images_per_s: str = ""  # every window's images/s, in order ("a;b;c")
 
 
 CSV_COLUMNS = [f.name for f in fields(Row)]
 
 
-def _summarise(seconds: Sequence[float], steps: int, batch: int) -> dict[str, float]:
+def _summarise(seconds: Sequence[float], steps: int, batch: int) -> dict[str, Any]:
     rates = [batch * steps / s for s in seconds]
     median_s = statistics.median(seconds)
     rate = batch * steps / median_s
@@ -103,6 +106,8 @@ def _summarise(seconds: Sequence[float], steps: int, batch: int) -> dict[str, fl
         "ms_per_step": 1e3 * median_s / steps,
         "spread_pct": 100.0 * (max(rates) - min(rates)) / rate,
         "windows": len(seconds),
+        "steps": steps,
+        "window_images_per_s": ";".join(f"{r:.6g}" for r in rates),
     }
 
 
@@ -140,8 +145,8 @@ def _resolve_device(name: str) -> torch.device:
 
 def resolve_settings(cfg: DictConfig) -> DictConfig:
     """The benchmark's settings: ``per_device.<cpu|cuda>`` overlaid with every non-null value
-    of the config, and the global ``rounds``/``warmup_steps``/``window_steps`` (when set)
-    copied into each section."""
+    of the config, and the global ``rounds``/``warmup_steps``/``window_steps``/``min_window_s``
+    (when set) copied into each section."""
     device = _resolve_device(cfg.get("device", "auto"))
     profiles = OmegaConf.to_container(cfg.get("per_device") or {}, resolve=True)
     profile = profiles.get(device.type, {})
@@ -170,13 +175,15 @@ def resolve_settings(cfg: DictConfig) -> DictConfig:
         raise ValueError(f"precision={s.get('precision')!r} is not one of {', '.join(PRECISIONS)}")
     for section in sections:
         sec = s.get(section) or {}
-        for knob in _TIMING_KNOBS:
+        for knob in _TIMING_KNOBS[:3]:
             if knob in sec and (sec[knob] is None or int(sec[knob]) < (knob != "warmup_steps")):
                 raise ValueError(
                     f"{section}.{knob}={sec[knob]} must be a "
                     f"{'non-negative' if knob == 'warmup_steps' else 'positive'} "
                     "integer"
                 )
+        if float(sec.get("min_window_s") or 0.0) < 0:
+            raise ValueError(f"{section}.min_window_s={sec.min_window_s} must be >= 0")
     if "template" in sections and int(s.template.warmup_steps) < 1:
         raise ValueError("template.warmup_steps must be >= 1 (the Trainer's first step sets up)")
     return s
@@ -278,6 +285,49 @@ def _timed_window(
         step()
     sync()
     return time.perf_counter() - t0
+
+
+def _calibrated_steps(
+    step: Callable[[], None], sync: Callable[[], None], warmup: int, window: int, seconds: float
+) -> int:
+    """Steps per window: at least ``window``, and enough to last ``seconds`` at the speed of one
+    step timed after ``warmup`` untimed ones (short windows are at the mercy of the scheduler)."""
+    if seconds <= 0:
+        return window
+    one = _timed_window(step, warmup, 1, sync)
+    return max(window, min(100_000, math.ceil(seconds / max(one, 1e-6))))
+
+
+def _alternate(
+    runners: dict[str, Callable[[], None]],
+    *,
+    rounds: int,
+    warmup: dict[str, int],
+    window: int,
+    min_window_s: float,
+    sync: Callable[[], None],
+    label: str,
+    batch: int,
+    before: Callable[[str], None] | None = None,
+    after: Callable[[str], None] | None = None,
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Round by round, one timed window of each runner in turn (after its warm-up steps).
+
+    Returns the window seconds and the steps per window of every runner."""
+    steps = {
+        k: _calibrated_steps(f, sync, warmup[k], window, min_window_s) for k, f in runners.items()
+    }
+    seconds: dict[str, list[float]] = {k: [] for k in runners}
+    for r in range(rounds):
+        for k, step in runners.items():
+            if before is not None:
+                before(k)
+            seconds[k].append(_timed_window(step, warmup[k], steps[k], sync))
+            if after is not None:
+                after(k)
+        rates = ", ".join(f"{k} {batch * steps[k] / seconds[k][-1]:,.0f}" for k in runners)
+        log.info("%s round %d/%d: %s images/s", label, r + 1, rounds, rates)
+    return seconds, steps
 
 
 class _TrainLoop:
@@ -406,6 +456,7 @@ def bench_template(s: DictConfig, bench: Bench) -> list[Row]:
 
     t = s.template
     rounds, warmup, window = int(t.rounds), int(t.warmup_steps), int(t.window_steps)
+    min_window_s = float(t.get("min_window_s") or 0.0)
     bs, size, classes = int(t.batch_size), int(t.image_size), int(t.num_classes)
     net = create_model(t.model, num_classes=classes, in_channels=3, input_size=size)
     hand_net = bench.place(copy.deepcopy(net))
@@ -424,6 +475,8 @@ def bench_template(s: DictConfig, bench: Bench) -> list[Row]:
         weight_decay=float(t.weight_decay),
     )
     hand_seconds: list[float] = []
+    # the plain loop's speed (after its warm-up, compilation included) sets the window length
+    window = _calibrated_steps(hand.step, bench.sync, warmup, window, min_window_s)
 
     def hand_window() -> None:
         hand_seconds.append(_timed_window(hand.step, warmup, window, bench.sync))
@@ -540,7 +593,7 @@ def bench_data(s: DictConfig, bench: Bench, root: str, seed: int) -> list[Row]:
 
     d, t = s.data, s.template
     rounds, warmup, window = int(d.rounds), int(d.warmup_steps), int(d.window_steps)
-    data_window = window * int(d.data_window_factor or 1)
+    min_window_s = float(d.get("min_window_s") or 0.0)
     bs, size = int(d.batch_size), int(d.image_size)
     paths = ("fast", "torch")
     loaders: dict[str, Any] = {}
@@ -565,32 +618,29 @@ def bench_data(s: DictConfig, bench: Bench, root: str, seed: int) -> list[Row]:
     # the ordinary loader's workers fill their prefetch queue during the other path's window:
     # its warm-up drains that queue so its timed window sees only steady-state throughput
     warm = {
-        p: max(warmup, _prefetched(loaders[p]) + 1) if _prefetched(loaders[p]) else warmup
-        for p in paths
+        p: max(warmup, _prefetched(loaders[p]) + 1 if _prefetched(loaders[p]) else 0) for p in paths
     }
     streams = {p: _device_batches(loaders[p], bench) for p in paths}
-    seconds: dict[str, list[float]] = {p: [] for p in paths}
-    for r in range(rounds):
-        for p in paths:
 
-            def fetch(it: Iterator[Any] = streams[p]) -> None:
-                next(it)
+    def fetch(it: Iterator[Any]) -> Callable[[], None]:
+        return lambda: next(it)  # type: ignore[return-value]
 
-            seconds[p].append(_timed_window(fetch, warm[p], data_window, bench.sync))
-        log.info(
-            "data round %d/%d: fast %.0f, torch %.0f images/s",
-            r + 1,
-            rounds,
-            bs * data_window / seconds["fast"][-1],
-            bs * data_window / seconds["torch"][-1],
-        )
+    timing = {
+        "rounds": rounds,
+        "warmup": warm,
+        "window": window,
+        "min_window_s": min_window_s,
+        "sync": bench.sync,
+        "batch": bs,
+    }
+    seconds, steps = _alternate({p: fetch(streams[p]) for p in paths}, label="data", **timing)
     common = {"section": "data", "batch_size": bs, "image_size": size, "precision": ""}
     note = {
         "fast": "on-device batches, batched crop+flip",
         "torch": f"DataLoader, {workers} worker(s), per-image transforms"
         + (", to device" if bench.cuda else ""),
     }
-    ratio = _paired_ratio(seconds["fast"], seconds["torch"])
+    ratio = _paired_ratio(seconds["fast"], seconds["torch"], steps["fast"], steps["torch"])
     rows = [
         Row(
             case="data only",
@@ -598,7 +648,7 @@ def bench_data(s: DictConfig, bench: Bench, root: str, seed: int) -> list[Row]:
             ratio=ratio if p == "fast" else 1.0,
             note=note[p],
             **common,
-            **_summarise(seconds[p], data_window, bs),
+            **_summarise(seconds[p], steps[p], bs),
         )
         for p in paths
     ]
@@ -617,18 +667,10 @@ def bench_data(s: DictConfig, bench: Bench, root: str, seed: int) -> list[Row]:
             )
             for p in paths
         }
-        train_s: dict[str, list[float]] = {p: [] for p in paths}
-        for r in range(rounds):
-            for p in paths:
-                train_s[p].append(_timed_window(loops[p].step, warm[p], window, bench.sync))
-            log.info(
-                "data/train round %d/%d: fast %.0f, torch %.0f images/s",
-                r + 1,
-                rounds,
-                bs * window / train_s["fast"][-1],
-                bs * window / train_s["torch"][-1],
-            )
-        ratio = _paired_ratio(train_s["fast"], train_s["torch"])
+        train_s, train_n = _alternate(
+            {p: loops[p].step for p in paths}, label="data/training", **timing
+        )
+        ratio = _paired_ratio(train_s["fast"], train_s["torch"], train_n["fast"], train_n["torch"])
         rows += [
             Row(
                 case="training (plain loop)",
@@ -638,7 +680,7 @@ def bench_data(s: DictConfig, bench: Bench, root: str, seed: int) -> list[Row]:
                 params=params,
                 note=note[p],
                 **{**common, "precision": bench.precision},
-                **_summarise(train_s[p], window, bs),
+                **_summarise(train_s[p], train_n[p], bs),
             )
             for p in paths
         ]
@@ -673,11 +715,92 @@ class _ForwardBackward:
         loss.backward()
 
 
+def _twin_rows(
+    name: str, timm_name: str | None, size: int, bs: int, bench: Bench, w: DictConfig
+) -> list[Row]:
+    """Build our ``name`` and its reference, time forward+backward alternately, and measure
+    each one's peak memory on GPU."""
+    from classicnets.models import create_model
+
+    extra = {"aux_logits": False} if name == "inception_v3" else {}
+    nets = {
+        "ours": create_model(name, num_classes=1000, input_size=size, **extra),
+        "reference": _reference(name, size, timm_name),
+    }
+    params = {k: _param_count(v) for k, v in nets.items()}
+    state = {k: _state_bytes(v) for k, v in nets.items()}
+    x = bench.images(bs, size)
+    y = torch.randint(0, 1000, (bs,), device=bench.device)
+    runners = {k: _ForwardBackward(bench.place(v).train(), x, y, bench) for k, v in nets.items()}
+    peak: dict[str, float] = dict.fromkeys(runners, 0.0 if bench.cuda else math.nan)
+    base = {"bytes": 0}
+
+    def before(k: str) -> None:
+        if bench.cuda:
+            bench.sync()
+            torch.cuda.reset_peak_memory_stats(bench.device)
+            base["bytes"] = torch.cuda.memory_allocated(bench.device)
+
+    def after(k: str) -> None:
+        runners[k].module.zero_grad(set_to_none=True)  # the other twin's window starts bare
+        if bench.cuda:
+            # this network alone: its weights and buffers plus what its steps added
+            used = torch.cuda.max_memory_allocated(bench.device) - base["bytes"] + state[k]
+            peak[k] = max(peak[k], used / 2**20)
+
+    seconds, steps = _alternate(
+        {k: r.step for k, r in runners.items()},
+        rounds=int(w.rounds),
+        warmup=dict.fromkeys(runners, int(w.warmup_steps)),
+        window=int(w.window_steps),
+        min_window_s=float(w.get("min_window_s") or 0.0),
+        sync=bench.sync,
+        label=f"twins {name}",
+        batch=bs,
+        before=before,
+        after=after,
+    )
+    speed = _paired_ratio(seconds["ours"], seconds["reference"], steps["ours"], steps["reference"])
+    ref_label = f"timm {timm_name}" if timm_name else f"torchvision {name}"
+    note = (
+        ""
+        if params["ours"] == params["reference"]
+        else f"parameter counts differ ({params['ours']:,} vs {params['reference']:,})"
+    )
+    rows = [
+        Row(
+            section="twins",
+            case=name,
+            variant=k,
+            model=name if k == "ours" else ref_label,
+            batch_size=bs,
+            image_size=size,
+            precision=bench.precision,
+            ratio=speed if k == "ours" else 1.0,
+            peak_mem_mib=peak[k],
+            params=params[k],
+            note=note,
+            **_summarise(seconds[k], steps[k], bs),
+        )
+        for k in runners
+    ]
+    log.info(
+        "twins %s (%d px, batch %d): ours %.1f ms, %s %.1f ms, speed ratio %.3f",
+        name,
+        size,
+        bs,
+        rows[0].ms_per_step,
+        ref_label,
+        rows[1].ms_per_step,
+        speed,
+    )
+    return rows
+
+
 def bench_twins(s: DictConfig, bench: Bench) -> list[Row]:
-    from classicnets.models import create_model, get_model_info
+    from classicnets.models import get_model_info
 
     w = s.twins
-    rounds, warmup, window = int(w.rounds), int(w.warmup_steps), int(w.window_steps)
     sizes, batches = dict(w.get("sizes") or {}), dict(w.get("batch_sizes") or {})
     pairs: list[tuple[str, str | None]] = [(m, None) for m in w.models or []]
     timm_map = dict(w.get("timm") or {})
@@ -693,70 +816,9 @@ def bench_twins(s: DictConfig, bench: Bench) -> list[Row]:
     pairs += [(ours, str(ref)) for ours, ref in timm_map.items()]
     rows: list[Row] = []
     for name, timm_name in pairs:
-        info = get_model_info(name)
-        size = int(sizes.get(name) or w.get("image_size") or info.input_size)
+        size = int(sizes.get(name) or w.get("image_size") or get_model_info(name).input_size)
         bs = int(batches.get(name) or w.batch_size)
-        extra = {"aux_logits": False} if name == "inception_v3" else {}
-        nets = {
-            "ours": create_model(name, num_classes=1000, input_size=size, **extra),
-            "reference": _reference(name, size, timm_name),
-        }
-        params = {k: _param_count(v) for k, v in nets.items()}
-        state = {k: _state_bytes(v) for k, v in nets.items()}
-        x = bench.images(bs, size)
-        y = torch.randint(0, 1000, (bs,), device=bench.device)
-        runners = {
-            k: _ForwardBackward(bench.place(v).train(), x, y, bench) for k, v in nets.items()
-        }
-        seconds: dict[str, list[float]] = {k: [] for k in runners}
-        peak: dict[str, float] = dict.fromkeys(runners, 0.0 if bench.cuda else math.nan)
-        for _ in range(rounds):
-            for k, runner in runners.items():
-                if bench.cuda:
-                    bench.sync()
-                    torch.cuda.reset_peak_memory_stats(bench.device)
-                    base = torch.cuda.memory_allocated(bench.device)
-                seconds[k].append(_timed_window(runner.step, warmup, window, bench.sync))
-                runner.module.zero_grad(set_to_none=True)  # the other twin's window starts bare
-                if bench.cuda:
-                    # this network alone: its weights and buffers plus what its steps added
-                    used = torch.cuda.max_memory_allocated(bench.device) - base + state[k]
-                    peak[k] = max(peak[k], used / 2**20)
-        speed = _paired_ratio(seconds["ours"], seconds["reference"])
-        ref_label = f"timm {timm_name}" if timm_name else f"torchvision {name}"
-        note = (
-            ""
-            if params["ours"] == params["reference"]
-            else (f"parameter counts differ ({params['ours']:,} vs {params['reference']:,})")
-        )
-        for k in runners:
-            rows.append(
-                Row(
-                    section="twins",
-                    case=name,
-                    variant=k,
-                    model=name if k == "ours" else ref_label,
-                    batch_size=bs,
-                    image_size=size,
-                    precision=bench.precision,
-                    ratio=speed if k == "ours" else 1.0,
-                    peak_mem_mib=peak[k],
-                    params=params[k],
-                    note=note,
-                    **_summarise(seconds[k], window, bs),
-                )
-            )
-        log.info(
-            "twins %s (%d px, batch %d): ours %.1f ms, %s %.1f ms, speed ratio %.3f",
-            name,
-            size,
-            bs,
-            rows[-2].ms_per_step,
-            ref_label,
-            rows[-1].ms_per_step,
-            speed,
-        )
-        del runners, nets, x, y
+        rows += _twin_rows(name, timm_name, size, bs, bench, w)
         _free(bench)
     return rows
 
@@ -943,8 +1005,9 @@ def render_markdown(rows: Sequence[Row], s: DictConfig, bench: Bench, info: dict
             if bench.cuda
             else ""
         ),
-        "- each figure: median over windows; variants alternate window by window; ratios are "
-        "medians of per-round ratios; spread = (max - min) / median of the windows' images/s",
+        "- each figure: median over timed windows (each after untimed warm-up steps, and at "
+        "least min_window_s long); variants alternate window by window; ratios are medians of "
+        "per-round ratios; spread = (max - min) / median of the windows' images/s",
         "",
     ]
     by = {sec: [r for r in rows if r.section == sec] for sec in SECTIONS}
@@ -956,7 +1019,7 @@ def render_markdown(rows: Sequence[Row], s: DictConfig, bench: Bench, info: dict
             f"{lrow.model}, batch {lrow.batch_size}, {lrow.image_size} px, "
             f"{lrow.precision}, SGD momentum {t.momentum}, the same {t.num_batches} "
             f"pre-made batches on the device; {lrow.windows} window(s) per variant of "
-            f"{t.window_steps} steps, each after {t.warmup_steps} untimed step(s)",
+            f"{lrow.steps} steps, each after {t.warmup_steps} untimed step(s)",
             "",
         ]
         md += _table(
@@ -997,13 +1060,14 @@ def render_markdown(rows: Sequence[Row], s: DictConfig, bench: Bench, info: dict
             "",
         ]
         md += _table(
-            ["case", "path", "images/s", "ms/batch", "spread", "fast / torch", "note"],
+            ["case", "path", "images/s", "ms/batch", "windows", "spread", "fast / torch", "note"],
             [
                 [
                     r.case,
                     r.variant,
                     _f(r.images_per_s, ",.0f"),
                     _f(r.ms_per_step, ".2f"),
+                    f"{r.windows} × {r.steps}",
                     _f(r.spread_pct, ".1f") + " %",
                     _f(r.ratio, ".2f") if r.variant == "fast" else "",
                     r.note,
@@ -1134,7 +1198,8 @@ def run_benchmark(cfg: DictConfig) -> list[Row]:
         out_dir=out_dir,
     )
     if bench.cuda:
-        torch.cuda.set_device(bench.device)
+        if bench.device.index is not None:  # plain "cuda" means the current device
+            torch.cuda.set_device(bench.device)
         if s.get("matmul_precision"):
             torch.set_float32_matmul_precision(str(s.matmul_precision))
         torch.backends.cudnn.benchmark = bench.cudnn_benchmark
