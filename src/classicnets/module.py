@@ -96,13 +96,16 @@ class ImageClassifier(L.LightningModule):
             raise ValueError(f"module.label_smoothing must be in [0, 1), got {label_smoothing}")
         self.num_classes = int(num_classes)
         top_k = min(5, self.num_classes)
-        metric = {"num_classes": self.num_classes, "average": "micro"}
+        # no per-step input validation: its checks read values back from the GPU every step,
+        # stalling the asynchronous queue (a NaN loss still shows as a NaN mean)
+        metric = {"num_classes": self.num_classes, "average": "micro", "validate_args": False}
         self.train_acc = MulticlassAccuracy(**metric)
         self.val_acc = MulticlassAccuracy(**metric)
         self.test_acc = MulticlassAccuracy(**metric)
         self.val_acc5 = MulticlassAccuracy(top_k=top_k, **metric)
         self.test_acc5 = MulticlassAccuracy(top_k=top_k, **metric)
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_loss, self.val_loss, self.test_loss = (
+            MeanMetric(nan_strategy="disable") for _ in range(3))
         self.val_acc_best = MaxMetric()
         self._compiled: nn.Module | None = None
         if channels_last:
