@@ -20,12 +20,12 @@ TINY = (
     "rounds=1",
     "warmup_steps=1",
     "window_steps=2",
+    "min_window_s=0",
     "template.batch_size=8",
     "template.num_batches=2",
     "data.batch_size=8",
     "data.num_samples=48",
     "data.num_workers=0",
-    "data.data_window_factor=1",
     "twins.models=[resnet18]",
     "twins.image_size=32",
     "twins.batch_size=2",
@@ -108,6 +108,8 @@ def test_tiny_benchmark_writes_every_section(make_cfg, tmp_path: Path) -> None:
         if r["section"] != "epoch":
             assert _positive(r, "ratio") and int(r["windows"]) == 1, r
         assert r["peak_mem_mib"] == ""  # measured on GPU only
+        if r["section"] != "epoch":
+            assert int(r["steps"]) == 2, r  # min_window_s=0: exactly window_steps
     assert {r["batch_size"] for r in table if r["section"] == "data"} == {"8"}
     twins = [r for r in table if r["section"] == "twins"]
     assert {r["image_size"] for r in twins} == {"32"} and all(int(r["params"]) > 0 for r in twins)

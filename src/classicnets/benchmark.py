@@ -1038,7 +1038,8 @@ def render_markdown(rows: Sequence[Row], s: DictConfig, bench: Bench, info: dict
         md += [
             "",
             f"**template / plain = {lrow.ratio:.3f}** (target ≥ 0.97: "
-            f"{_verdict(lrow.ratio, 0.97)})",
+            f"{_verdict(lrow.ratio, 0.97)}; ratio of the medians "
+            f"{lrow.images_per_s / prow.images_per_s:.3f})",
         ]
         if bench.cuda and lrow.model == "resnet18" and lrow.image_size == 32:
             md += [
