@@ -62,3 +62,14 @@ def make_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
 # One intra-op thread per test process: the suite runs under pytest-xdist on small machines,
 # where oversubscribed BLAS threads make every test many times slower.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _free_huge_models(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Collect right after a huge-model test: Lightning's trainer/module reference cycles would
+    otherwise keep ~10 GB alive until the next automatic collection, beside the next model."""
+    yield
+    if request.node.get_closest_marker("xdist_group") is not None:
+        import gc
+
+        gc.collect()
