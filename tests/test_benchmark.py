@@ -92,6 +92,8 @@ def test_tiny_benchmark_writes_every_section(make_cfg, tmp_path: Path) -> None:
     assert found == {
         ("template", "training", "lightning"),
         ("template", "training", "plain"),
+        ("template", "host overhead", "lightning"),
+        ("template", "host overhead", "plain"),
         ("data", "data only", "fast"),
         ("data", "data only", "torch"),
         ("data", "training (plain loop)", "fast"),
@@ -117,6 +119,9 @@ def test_tiny_benchmark_writes_every_section(make_cfg, tmp_path: Path) -> None:
     for heading in ("## 1. Template", "## 2. Data paths", "## 3. Twins", "## 4. One epoch"):
         assert heading in md
     assert "template / plain =" in md and "fast / torch =" in md
+    assert "µs of host time per step" in md
+    tiny = [r for r in table if r["case"] == "host overhead"]
+    assert {r["model"] for r in tiny} == {"tiny mlp"} and {r["image_size"] for r in tiny} == {"8"}
     assert "AMD" in md or "Intel" in md or "cpu" in md.lower()
 
 

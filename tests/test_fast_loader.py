@@ -171,3 +171,14 @@ def test_fast_and_torch_paths_reach_the_same_accuracy_on_digits(make_cfg) -> Non
         accs[kind] = train(cfg)[1]["test/acc"]
     assert min(accs.values()) > 0.9, accs
     assert abs(accs["fast"] - accs["torch"]) < 0.04, accs
+
+
+def test_pair_to_device_moves_pairs_and_leaves_the_rest_to_lightning() -> None:
+    from classicnets.data import pair_to_device
+
+    x, y = torch.zeros(2, 3), torch.ones(2, dtype=torch.long)
+    moved = pair_to_device((x, y), torch.device("cpu"))
+    assert type(moved) is tuple and moved[0] is x and moved[1] is y  # already there: no copy
+    assert type(pair_to_device([x, y], torch.device("cpu"))) is list
+    assert pair_to_device({"x": x}, torch.device("cpu")) is None
+    assert pair_to_device((x, 3), torch.device("cpu")) is None

@@ -143,3 +143,50 @@ def test_compiled_training_step_runs(tmp_path: Path) -> None:
     state = torch.load(path, weights_only=False)["state_dict"]
     assert not any("_orig_mod" in k for k in state)
     ImageClassifier.load_from_checkpoint(path, weights_only=False, compile=False)
+
+
+def _linear_fit(tmp_path: Path, batch_sizes: list[int], max_epochs: int = 1):
+    """A linear net trained with lr=0 (it never changes) on batches of the given sizes."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    batches = [(torch.randn(n, 3, 2, 2), torch.randint(0, 4, (n,))) for n in batch_sizes]
+    module = ImageClassifier(net, num_classes=4, optimizer={
+        "_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.0})
+    trainer = L.Trainer(accelerator="cpu", max_epochs=max_epochs, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+
+    class Batches:  # a plain iterable (a list would be read as several dataloaders)
+        def __len__(self) -> int:
+            return len(batches)
+
+        def __iter__(self):
+            return iter(batches)
+
+    trainer.fit(module, train_dataloaders=Batches())
+    return net, batches, trainer
+
+
+def test_epoch_training_metrics_weight_every_sample_alike(tmp_path: Path) -> None:
+    # a short last batch must count for its 2 samples, not as a whole batch
+    net, batches, trainer = _linear_fit(tmp_path, [5, 5, 2], max_epochs=2)
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    with torch.no_grad():
+        logits = net(x)
+    want_loss = F.cross_entropy(logits, y).item()
+    want_acc = (logits.argmax(1) == y).float().mean().item()
+    got = trainer.callback_metrics
+    # the second epoch's values: the sums restart at every epoch
+    assert math.isclose(got["train/loss"].item(), want_loss, rel_tol=1e-5)
+    assert math.isclose(got["train/acc"].item(), want_acc, rel_tol=1e-6)
+    assert 0.0 < want_acc < 1.0  # the check can fail either way
+
+
+def test_fx_name_shortcut_keeps_module_bookkeeping() -> None:
+    module = ImageClassifier(torch.nn.Linear(3, 2), num_classes=2)
+    module._current_fx_name = "training_step"
+    assert module._current_fx_name == "training_step"
+    assert "_current_fx_name" not in module.state_dict()
+    module.extra = torch.nn.Linear(2, 2)  # other attributes still go through nn.Module
+    assert "extra.weight" in module.state_dict()

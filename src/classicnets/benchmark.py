@@ -410,6 +410,22 @@ class _Cycle:
             yield self.batches[i % len(self.batches)]
 
 
+def _cycle_data(batches: Sequence[tuple[Tensor, Tensor]], length: int) -> Any:
+    """A DataModule serving :class:`_Cycle` and moving batches as ImageDataModule does."""
+    import lightning as L
+
+    from classicnets.data import pair_to_device
+
+    class CycleData(L.LightningDataModule):
+        def train_dataloader(self) -> _Cycle:
+            return _Cycle(batches, length)
+
+        def transfer_batch_to_device(self, batch: Any, device: torch.device, idx: int) -> Any:
+            return pair_to_device(batch, device)
+
+    return CycleData()
+
+
 def _lightning_windows(
     warmup: int, window: int, sync: Callable[[], None], between: Callable[[], None]
 ) -> Any:
@@ -450,15 +466,31 @@ def _sgd(t: DictConfig) -> dict[str, Any]:
     }
 
 
-def bench_template(s: DictConfig, bench: Bench) -> list[Row]:
-    from classicnets.models import create_model
+class _TinyNet(nn.Sequential):
+    """Two small linear layers: a step so cheap that its time is almost all host overhead."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__(nn.Flatten(), nn.Linear(in_features, 64), nn.ReLU(),
+                         nn.Linear(64, num_classes))
+
+
+def _template_case(
+    t: DictConfig,
+    bench: Bench,
+    *,
+    net: nn.Module,
+    case: str,
+    model: str,
+    batch_size: int,
+    image_size: int,
+) -> list[Row]:
+    """Lightning vs the plain loop on ``net``: Lightning windows cut out of one ``fit``, the
+    plain loop's window run between two of them (see the module docstring)."""
     from classicnets.module import ImageClassifier
 
-    t = s.template
     rounds, warmup, window = int(t.rounds), int(t.warmup_steps), int(t.window_steps)
     min_window_s = float(t.get("min_window_s") or 0.0)
-    bs, size, classes = int(t.batch_size), int(t.image_size), int(t.num_classes)
-    net = create_model(t.model, num_classes=classes, in_channels=3, input_size=size)
+    bs, size, classes = batch_size, image_size, int(t.num_classes)
     hand_net = bench.place(copy.deepcopy(net))
     params = _param_count(net)
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -481,7 +513,8 @@ def bench_template(s: DictConfig, bench: Bench) -> list[Row]:
     def hand_window() -> None:
         hand_seconds.append(_timed_window(hand.step, warmup, window, bench.sync))
         log.info(
-            "template round %d/%d: lightning %.0f, plain loop %.0f images/s",
+            "template (%s) round %d/%d: lightning %.0f, plain loop %.0f images/s",
+            case,
             len(hand_seconds),
             rounds,
             bs * window / windows.seconds[-1],
@@ -500,7 +533,7 @@ def bench_template(s: DictConfig, bench: Bench) -> list[Row]:
     total = rounds * (warmup + window)
     with _quiet_lightning():
         trainer = bench.trainer(max_steps=total, max_epochs=1, callbacks=[windows])
-        trainer.fit(module, train_dataloaders=_Cycle(batches, total))
+        trainer.fit(module, datamodule=_cycle_data(batches, total))
     if len(windows.seconds) != rounds or len(hand_seconds) != rounds:
         raise RuntimeError(
             f"template: expected {rounds} windows per variant, got "
@@ -508,19 +541,18 @@ def bench_template(s: DictConfig, bench: Bench) -> list[Row]:
         )
     common = {
         "section": "template",
-        "case": "training",
-        "model": str(t.model),
+        "case": case,
+        "model": model,
         "batch_size": bs,
         "image_size": size,
         "precision": bench.precision,
         "params": params,
     }
-    ratio = _paired_ratio(windows.seconds, hand_seconds)
-    rows = [
+    return [
         Row(
             variant="lightning",
-            ratio=ratio,
-            note="ImageClassifier under the Trainer: hooks, torchmetrics, logging",
+            ratio=_paired_ratio(windows.seconds, hand_seconds),
+            note="ImageClassifier under the Trainer: hooks, metric sums, epoch logging",
             **common,
             **_summarise(windows.seconds, window, bs),
         ),
@@ -532,6 +564,26 @@ def bench_template(s: DictConfig, bench: Bench) -> list[Row]:
             **_summarise(hand_seconds, window, bs),
         ),
     ]
+
+
+def bench_template(s: DictConfig, bench: Bench) -> list[Row]:
+    """The template's cost on the section's network, then (``template.overhead``) on a tiny
+    network whose step is nearly all host time: the per-step time the template adds there is
+    what a GPU step that is bound by kernel launches pays in full."""
+    from classicnets.models import create_model
+
+    t = s.template
+    size, classes = int(t.image_size), int(t.num_classes)
+    net = create_model(t.model, num_classes=classes, in_channels=3, input_size=size)
+    rows = _template_case(t, bench, net=net, case="training", model=str(t.model),
+                          batch_size=int(t.batch_size), image_size=size)
+    if t.get("overhead", False):
+        _free(bench)
+        torch.manual_seed(0)
+        tiny_size, tiny_bs = 8, int(t.get("overhead_batch_size") or 16)
+        rows += _template_case(
+            t, bench, net=_TinyNet(3 * tiny_size * tiny_size, classes), case="host overhead",
+            model="tiny mlp", batch_size=tiny_bs, image_size=tiny_size)
     return rows
 
 
@@ -1013,6 +1065,7 @@ def render_markdown(rows: Sequence[Row], s: DictConfig, bench: Bench, info: dict
     by = {sec: [r for r in rows if r.section == sec] for sec in SECTIONS}
     if by["template"]:
         t, lrow, prow = s.template, by["template"][0], by["template"][1]
+        tiny = [r for r in by["template"] if r.case == "host overhead"]
         md += [
             "## 1. Template: ImageClassifier under the Lightning Trainer vs a plain loop",
             "",
@@ -1047,6 +1100,18 @@ def render_markdown(rows: Sequence[Row], s: DictConfig, bench: Bench, info: dict
                 f"CIFAR ResNet-18 training: {lrow.images_per_s:,.0f} images/s under the "
                 "Trainer (H100 target ≥ 50,000: "
                 f"{_verdict(lrow.images_per_s, 50_000)})",
+            ]
+        if len(tiny) == 2:
+            tl, tp = tiny
+            added_us = 1e3 * (tl.ms_per_step - tp.ms_per_step)
+            md += [
+                "",
+                f"Host overhead: a {tl.model} ({tl.params:,} parameters, batch {tl.batch_size}, "
+                f"{tl.image_size} px), whose step is almost all Python and kernel launches: "
+                f"plain loop {1e3 * tp.ms_per_step:,.0f} µs/step, under the Trainer "
+                f"{1e3 * tl.ms_per_step:,.0f} µs/step (ratio {tl.ratio:.3f}): the template adds "
+                f"**{added_us:,.0f} µs of host time per step** — what a step bound by launches "
+                "pays; a step whose device work outlasts it hides it behind the queue.",
             ]
         md.append("")
     if by["data"]:

@@ -2,7 +2,7 @@
 
 from classicnets.data.catalogue import CATALOGUE, ArrayData, DatasetError, DatasetSpec, get_spec
 from classicnets.data.datamodule import ArrayDataset, ImageDataModule
-from classicnets.data.fast import DeviceLoader
+from classicnets.data.fast import DeviceLoader, pair_to_device
 from classicnets.data.transforms import BatchTransform
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "DeviceLoader",
     "ImageDataModule",
     "get_spec",
+    "pair_to_device",
 ]

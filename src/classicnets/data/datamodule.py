@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from classicnets.data.catalogue import ArrayData, DatasetError, DatasetSpec, get_spec
-from classicnets.data.fast import DeviceLoader
+from classicnets.data.fast import DeviceLoader, pair_to_device
 from classicnets.data.transforms import BatchTransform, folder_transform, sample_transform
 
 __all__ = ["ArrayDataset", "ImageDataModule"]
@@ -287,6 +287,13 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=workers > 0 and self.hparams.persistent_workers,
             generator=torch.Generator().manual_seed(self.hparams.seed) if train else None,
         )
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device,
+                                 dataloader_idx: int) -> Any:
+        moved = pair_to_device(batch, device)  # our loaders yield (images, labels) pairs
+        if moved is None:
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return moved
 
     def train_dataloader(self) -> DataLoader | DeviceLoader:
         return self._loader(self.train_set, True)

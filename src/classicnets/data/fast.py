@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -17,7 +18,7 @@ from torch import Tensor
 from classicnets.data.catalogue import ArrayData
 from classicnets.data.transforms import BatchTransform
 
-__all__ = ["DeviceLoader"]
+__all__ = ["DeviceLoader", "pair_to_device"]
 
 
 class DeviceLoader:
@@ -79,3 +80,16 @@ class DeviceLoader:
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield self.transform(self.images[idx], gen), self.labels[idx]
+
+
+def pair_to_device(batch: Any, device: torch.device) -> Any | None:
+    """An ``(images, labels)`` tuple or list of plain tensors moved to ``device``, else ``None``.
+
+    The Trainer's generic mover walks any collection with ``isinstance`` checks against
+    abstract classes every step; a pair of tensors needs one ``to`` each (a no-op when the
+    fast path already made them there). Non-blocking except to cpu/mps, as Lightning does.
+    """
+    if type(batch) not in (tuple, list) or not all(type(t) is Tensor for t in batch):
+        return None
+    non_blocking = device.type not in ("cpu", "mps")
+    return type(batch)(t.to(device, non_blocking=non_blocking) for t in batch)
