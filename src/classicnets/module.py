@@ -171,7 +171,7 @@ class ImageClassifier(L.LightningModule):
             if self._train_sums is None:  # [sum of loss × batch size, correct predictions]
                 self._train_sums = torch.zeros(2, dtype=torch.float32, device=loss.device)
             n = y.shape[0]
-            self._train_sums[0].add_(loss.detach().float(), alpha=n)
+            self._train_sums[0].add_(loss.float(), alpha=n)
             self._train_sums[1].add_((logits.argmax(dim=1) == y).sum())
             self._train_seen += n
         return loss
@@ -194,7 +194,6 @@ class ImageClassifier(L.LightningModule):
             return
         self.log("train/loss", totals[0] / seen, prog_bar=True)
         self.log("train/acc", totals[1] / seen, prog_bar=True)
-        self._train_sums, self._train_seen = None, 0
 
     def _log_epoch(self, stage: str) -> Tensor:
         """Log the stage's epoch metrics (compute() syncs DDP ranks) and reset them."""
