@@ -124,6 +124,10 @@ class ImageClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------ forward / loss
     def configure_model(self) -> None:
+        if self.device_mesh is not None:  # a model-parallel strategy (trainer=towers)
+            from classicnets.parallel import parallelize
+
+            self.net = parallelize(self.net, self.device_mesh)
         if self.hparams.compile and self._compiled is None:
             # kept out of the module tree (plain attribute through object.__setattr__) so the
             # state dict has no `_orig_mod.` prefixes and loads into an uncompiled network

@@ -148,10 +148,20 @@ class ImageDataModule(L.LightningDataModule):
             data = reader(self.root, split)
         return _match_channels(data, self.in_channels)
 
+    def _replica(self) -> tuple[int, int]:
+        """(data-parallel replicas, this process's replica): the world size and rank under DDP;
+        under tower parallelism the two towers of a replica share one shard of the data."""
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        kwargs = getattr(trainer.strategy, "distributed_sampler_kwargs", None) or {}
+        return (int(kwargs.get("num_replicas", trainer.world_size)),
+                int(kwargs.get("rank", trainer.global_rank)))
+
     @property
     def world_size(self) -> int:
-        trainer = self.trainer
-        return trainer.world_size if trainer is not None else 1
+        """Data-parallel replicas the global batch is split over."""
+        return self._replica()[0]
 
     @property
     def per_device_batch_size(self) -> int:
@@ -159,7 +169,8 @@ class ImageDataModule(L.LightningDataModule):
         if self.hparams.batch_size % ws:
             raise DatasetError(
                 f"data.batch_size={self.hparams.batch_size} (the global batch) is not divisible "
-                f"by the world size {ws} ({ws} processes); choose a multiple of {ws}"
+                f"by the world size {ws} (data-parallel processes; the two towers of trainer="
+                f"towers count once); choose a multiple of {ws}"
             )
         return self.hparams.batch_size // ws
 
@@ -265,15 +276,13 @@ class ImageDataModule(L.LightningDataModule):
         # a last batch of one sample breaks BatchNorm; drop it only when a full batch exists
         drop_last = train and n_local > bs
         if self.loader == "fast":
-            trainer = self.trainer
             tf = BatchTransform(self.spec.recipe, train=train and self.hparams.augment,
                                 native_size=data.images.shape[-1], image_size=self.image_size,
                                 mean=self.mean, std=self.std,
                                 channels_last=self.hparams.channels_last)
             return DeviceLoader(data, batch_size=bs, transform=tf, device=self._device(),
                                 shuffle=train, drop_last=drop_last, seed=self.hparams.seed,
-                                rank=trainer.global_rank if trainer else 0,
-                                world_size=self.world_size)
+                                rank=self._replica()[1], world_size=self.world_size)
         if isinstance(data, ArrayData):
             data = ArrayDataset(data, sample_transform(
                 self.spec.recipe, train=train and self.hparams.augment,
