@@ -115,7 +115,11 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
                              **cfg.get("module", {}))
     callbacks: list[Callback] = _instantiate_many(cfg.get("callbacks"), "callback")
     loggers: list[Logger] = _instantiate_many(cfg.get("logger"), "logger")
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer: L.Trainer = instantiate_clean(cfg.trainer, callbacks=callbacks, logger=loggers)
+    # a strategy that runs only some networks (trainer=towers) says so before processes start
+    validate = getattr(trainer.strategy, "validate_module", None)
+    if callable(validate):
+        validate(module)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for lg in loggers:

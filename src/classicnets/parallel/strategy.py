@@ -12,16 +12,15 @@ device loads.
 from __future__ import annotations
 
 from datetime import timedelta
+
 import lightning as L
-import torch
-import torch.distributed as dist
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy
-from torch import Tensor
-from torch.distributed.tensor import DTensor
+from torch import Tensor, nn
+from torchmetrics import Metric
 
 from classicnets.models.alexnet import AlexNet
-from classicnets.parallel.towers import TOWERS, TowerAlexNet
+from classicnets.parallel.towers import TOWERS, TowerAlexNet, average_gradients
 
 __all__ = ["TowerConfigError", "TowerStrategy"]
 
@@ -64,38 +63,29 @@ class TowerStrategy(ModelParallelStrategy):
         super()._configure_launcher()
 
     def connect(self, model: L.LightningModule) -> None:
+        self.validate_module(model)
+        super().connect(model)
+
+    def validate_module(self, model: nn.Module) -> None:
+        """Refuse a model without towers (the pipeline calls this before any process starts)."""
         if not any(isinstance(m, TowerAlexNet) or (isinstance(m, AlexNet) and m.groups == TOWERS)
                    for m in model.modules()):
-            nets = sorted({type(m).__name__ for m in model.children()})
+            nets = sorted({type(m).__name__ for m in model.children()
+                           if not isinstance(m, Metric)})
             raise TowerConfigError(
                 f"trainer=towers splits AlexNet's two towers over two devices, but this model "
                 f"({', '.join(nets) or type(model).__name__}) has no towers; use model=alexnet "
                 f"(model.groups=2), or trainer=ddp / trainer=ddp_sim for data parallelism of "
                 f"any network")
-        super().connect(model)
 
     def setup_environment(self) -> None:
         self._data_parallel_size = self.replicas
         super().setup_environment()
 
     def post_backward(self, closure_loss: Tensor) -> None:
-        """Average the gradients over the data-parallel replicas (one flat all-reduce)."""
+        """Average the gradients over the data-parallel replicas."""
         super().post_backward(closure_loss)
-        if self.replicas == 1:
-            return
-        with torch.no_grad():
-            self._average_over_replicas()
-
-    def _average_over_replicas(self) -> None:
-        assert self.lightning_module is not None
-        grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
-                 for p in self.lightning_module.parameters() if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, group=self.device_mesh["data_parallel"].get_group())
-        flat.div_(self.replicas)
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        if self.replicas > 1:
+            assert self.lightning_module is not None
+            average_gradients(self.lightning_module.parameters(),
+                              self.device_mesh["data_parallel"].get_group())

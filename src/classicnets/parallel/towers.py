@@ -21,6 +21,8 @@ run's checkpoint loads into one device and a single-device checkpoint starts a t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -30,7 +32,7 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 from classicnets.models.alexnet import AlexNet, TowerLRN
 
-__all__ = ["TOWERS", "TowerAlexNet", "gather_channels", "local_numel"]
+__all__ = ["TOWERS", "TowerAlexNet", "average_gradients", "gather_channels", "local_numel"]
 
 TOWERS = 2  # the paper's two GPUs
 
@@ -102,6 +104,23 @@ def local_numel(module: nn.Module) -> int:
     """Parameters this process holds (a DTensor counts only its local shard)."""
     return sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel()
                for p in module.parameters())
+
+
+@torch.no_grad()
+def average_gradients(params: Iterable[Tensor], group: dist.ProcessGroup) -> None:
+    """Average the (local) gradients over ``group`` — the data-parallel replicas — in one flat
+    all-reduce; what DDP does during backward, done once after it."""
+    grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+             for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=group)
+    flat.div_(dist.get_world_size(group))
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def _local(p: Tensor | None) -> Tensor | None:
