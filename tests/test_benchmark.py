@@ -32,6 +32,8 @@ TINY = (
     "epoch.num_samples=24",
     "epoch.batch_size=8",
     "epoch.warmup_epochs=0",
+    "towers.image_size=67",
+    "towers.batch_size=4",
     "extras.print_config=false",
 )
 
@@ -102,6 +104,8 @@ def test_tiny_benchmark_writes_every_section(make_cfg, tmp_path: Path) -> None:
         ("twins", "resnet18", "reference"),
         ("epoch", "synthetic 24 images", "epoch"),
         ("epoch", "synthetic 24 images", "fit total"),
+        ("towers", "alexnet, 2 processes", "towers"),
+        ("towers", "alexnet, 2 processes", "ddp"),
     }
     for r in table:
         assert _positive(r, "images_per_s") and _positive(r, "seconds"), r
@@ -116,8 +120,14 @@ def test_tiny_benchmark_writes_every_section(make_cfg, tmp_path: Path) -> None:
     twins = [r for r in table if r["section"] == "twins"]
     assert {r["image_size"] for r in twins} == {"32"} and all(int(r["params"]) > 0 for r in twins)
     md = (out / "benchmark.md").read_text()
-    for heading in ("## 1. Template", "## 2. Data paths", "## 3. Twins", "## 4. One epoch"):
+    for heading in ("## 1. Template", "## 2. Data paths", "## 3. Twins", "## 4. One epoch",
+                    "## 5. AlexNet's towers vs DDP"):
         assert heading in md
+    towers, ddp = (next(r for r in table if r["variant"] == v) for v in ("towers", "ddp"))
+    # each process holds half of AlexNet's parameters and optimizer state under the towers
+    assert 2 * int(towers["params"]) == int(ddp["params"])
+    half = float(ddp["optimizer_mib"]) / 2
+    assert float(towers["optimizer_mib"]) == pytest.approx(half, rel=1e-4)
     assert "template / plain =" in md and "fast / torch =" in md
     assert "µs of host time per step" in md
     tiny = [r for r in table if r["case"] == "host overhead"]

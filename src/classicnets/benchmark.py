@@ -16,6 +16,8 @@ hits every variant alike:
   input, and peak memory on GPU.
 * ``epoch``: one full epoch of synthetic CIFAR-sized images through the Trainer with the fast
   loader (wall seconds and images/s).
+* ``towers``: AlexNet's two towers on two processes vs DDP of the whole network on the same two
+  (:mod:`classicnets.parallel.bench`): step time and per-process parameter/optimizer memory.
 
 Each window is preceded by untimed warm-up steps; reported are the medians over windows, and
 ratios are medians of the per-round ratios (paired rounds, so slow drift cancels).
@@ -49,7 +51,7 @@ __all__ = ["CSV_COLUMNS", "SECTIONS", "Row", "resolve_settings", "run_benchmark"
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("template", "data", "twins", "epoch")
+SECTIONS = ("template", "data", "twins", "epoch", "towers")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 _GLOBAL_KNOBS = (
     "device",
@@ -89,6 +91,8 @@ class Row:
     ratio: float = math.nan  # images/s relative to the case's baseline variant (paired rounds)
     peak_mem_mib: float = math.nan
     params: int = 0
+    param_mib: float = math.nan  # parameters held by one process (towers section)
+    optimizer_mib: float = math.nan  # optimizer state held by one process (towers section)
     note: str = ""
     window_images_per_s: str = ""  # every window's images/s, in order ("a;b;c")
 
@@ -985,6 +989,39 @@ def bench_epoch(s: DictConfig, bench: Bench, root: str, seed: int) -> list[Row]:
 
 
 # ---------------------------------------------------------------------------- report
+def bench_towers(s: DictConfig, bench: Bench) -> list[Row]:
+    """AlexNet's towers vs DDP, two processes each holding both layouts (alternated windows)."""
+    from classicnets.parallel.bench import measure_towers
+
+    t = s.towers
+    settings = {"device": bench.device.type, "precision": bench.precision,
+                "image_size": t.image_size, "batch_size": t.batch_size,
+                "num_classes": t.num_classes, "lr": t.lr, "rounds": t.rounds,
+                "warmup_steps": t.warmup_steps, "window_steps": t.window_steps,
+                "threads": t.threads}
+    log.info("towers: AlexNet at %d px, global batch %d, 2 processes", t.image_size,
+             t.batch_size)
+    per_process = measure_towers(settings)
+    first = per_process[0]  # the processes hold the same amounts (the towers' halves differ
+    # only in FC8 with an odd class count); time: the slower process of each window
+    seconds = {k: [max(p[k]["seconds"][i] for p in per_process)
+                   for i in range(len(first[k]["seconds"]))] for k in first}
+    rows = []
+    for variant in ("towers", "ddp"):
+        r = first[variant]
+        steps = int(r["steps"])
+        rows.append(Row(
+            section="towers", case="alexnet, 2 processes", variant=variant, model="alexnet",
+            batch_size=int(t.batch_size), image_size=int(t.image_size),
+            precision=bench.precision, params=int(r["params"]),
+            param_mib=r["param_bytes"] / 2**20, optimizer_mib=r["optimizer_bytes"] / 2**20,
+            ratio=_paired_ratio(seconds[variant], seconds["ddp"]),
+            note=f"grads {r['grad_bytes'] / 2**20:,.0f} MiB per process",
+            **_summarise(seconds[variant], steps, int(t.batch_size)),
+        ))
+    return rows
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1219,6 +1256,24 @@ def render_markdown(rows: Sequence[Row], s: DictConfig, bench: Bench, info: dict
             ],
         )
         md.append("")
+    if by["towers"]:
+        tw = by["towers"]
+        md += [
+            "## 5. AlexNet's towers vs DDP (2 processes)",
+            "",
+            f"{tw[0].model} at {tw[0].image_size} px, global batch {tw[0].batch_size}, "
+            f"{tw[0].precision}, SGD with momentum; towers: half of every layer per process, "
+            "the whole batch through both; ddp: the whole network per process, half the batch",
+            "",
+        ]
+        md += _table(
+            ["", "params / process", "param MiB", "optimizer MiB", "ms/step", "images/s",
+             "speed vs ddp"],
+            [[r.variant, f"{r.params:,}", _f(r.param_mib, ",.0f"), _f(r.optimizer_mib, ",.0f"),
+              _f(r.ms_per_step, ".1f"), _f(r.images_per_s, ",.1f"), _f(r.ratio, ".3f")]
+             for r in tw],
+        )
+        md.append("")
     return "\n".join(md)
 
 
@@ -1281,6 +1336,7 @@ def run_benchmark(cfg: DictConfig) -> list[Row]:
         "data": lambda: bench_data(s, bench, root, seed),
         "twins": lambda: bench_twins(s, bench),
         "epoch": lambda: bench_epoch(s, bench, root, seed),
+        "towers": lambda: bench_towers(s, bench),
     }
     rows: list[Row] = []
     md = ""
