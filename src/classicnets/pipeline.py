@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from classicnets.data import ImageDataModule
 from classicnets.module import CheckpointError, ImageClassifier, instantiate_clean
+from classicnets.parallel.launch import check_world_matches
 
 __all__ = ["evaluate", "load_env", "train"]
 
@@ -55,7 +56,12 @@ def _extras(cfg: DictConfig) -> None:
 
 
 def _is_rank_zero() -> bool:
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    """Global rank zero, before Lightning has set up distribution: torchrun sets RANK (not
+    NODE_RANK), srun SLURM_PROCID, Lightning's own launcher LOCAL_RANK/NODE_RANK. The ranks
+    Lightning starts inherit SLURM_PROCID=0 inside an allocation: those three count together."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    return all(int(os.environ.get(k, 0)) == 0 for k in ("SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
 
 
 def _print_tree(cfg: DictConfig) -> None:
@@ -106,6 +112,7 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
     """Fit, test the best checkpoint, and return (optimized metric, all final metrics)."""
     _extras(cfg)
+    check_world_matches(cfg.trainer)  # torchrun's processes vs trainer.num_nodes x devices
     out_dir = _output_dir()
     _save_resolved(cfg, out_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -178,6 +185,7 @@ def _finish_wandb(loggers: list[Logger]) -> None:
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test the checkpoint `cfg.ckpt_path` on `cfg.data`."""
     _extras(cfg)
+    check_world_matches(cfg.trainer)
     _save_resolved(cfg, _output_dir())
     L.seed_everything(cfg.seed, workers=True)
     module = ImageClassifier.load_checkpoint(cfg.ckpt_path)
