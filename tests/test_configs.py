@@ -28,7 +28,7 @@ def test_groups_have_the_documented_options() -> None:
     expected = {
         "data": {"digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagenet",
                  "imagefolder", "synthetic"},
-        "trainer": {"default", "cpu", "gpu", "mps", "ddp", "ddp_sim"},
+        "trainer": {"default", "cpu", "gpu", "mps", "ddp", "ddp_sim", "towers", "towers_sim"},
         "optimizer": {"sgd", "adam", "adamw", "rmsprop"},
         "scheduler": {"cosine", "step", "multistep", "onecycle", "plateau", "none"},
         "logger": {"csv", "tensorboard", "wandb", "many"},
@@ -60,10 +60,12 @@ def test_trainer_options(name: str, make_cfg: MakeCfg) -> None:
         assert resolved["precision"] == "bf16-mixed" and resolved["accelerator"] == "gpu"
     if name in ("ddp", "ddp_sim"):
         assert resolved["strategy"] == "ddp" and resolved["sync_batchnorm"] is True
-    if name in ("default", "cpu", "ddp_sim"):  # buildable on any machine
+    if name in ("towers", "towers_sim"):
+        assert resolved["strategy"]["_target_"] == "classicnets.parallel.TowerStrategy"
+    if name in ("default", "cpu", "ddp_sim", "towers_sim"):  # buildable on any machine
         trainer = instantiate(cfg.trainer, logger=False)
         assert trainer.max_epochs == cfg.trainer.max_epochs
-        if name == "ddp_sim":
+        if name in ("ddp_sim", "towers_sim"):
             assert trainer.num_devices == 2
 
 
