@@ -157,6 +157,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
                     ", ".join(sorted(metrics)))
     if trainer.is_global_zero:
         _write_metrics(out_dir, metrics, value, name, extra)
+        _draw_plots(out_dir)
     _finish_wandb(loggers)
     return value, metrics
 
@@ -171,6 +172,22 @@ def _write_metrics(out_dir: Path, metrics: dict[str, float], value: float | None
                "optimized_value": None if value is None or math.isnan(value) else value,
                "metrics": metrics, **extra}
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def _draw_plots(out_dir: Path) -> None:
+    """Loss/accuracy/learning-rate PNGs into <run>/plots/ (from the CSV logger's file)."""
+    from classicnets.plots import plot_run
+
+    if not (out_dir / "csv" / "metrics.csv").is_file():
+        log.info("no csv/metrics.csv (the CSV logger is off): no run plots")
+        return
+    try:
+        files = plot_run(out_dir)
+    except Exception as err:  # a finished run must not fail on a figure; say why instead
+        log.warning("run plots failed (%s: %s); redraw with python -m classicnets.plots %s",
+                    type(err).__name__, err, out_dir)
+        return
+    log.info("plots: %s", ", ".join(str(f) for f in files))
 
 
 def _finish_wandb(loggers: list[Logger]) -> None:

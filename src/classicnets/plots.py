@@ -1,0 +1,150 @@
+"""PNG plots of runs (and sweeps) from the files they wrote.
+
+A run's curves come from its ``csv/metrics.csv`` (Lightning's CSV logger, on by default): loss
+and accuracy per epoch, train against validation, and the learning rate. ``train.py`` draws
+them into ``<run>/plots/`` when it finishes;
+
+    python -m classicnets.plots <run dir | sweep dir> [...]
+
+redraws them for any past run, or for every job of a sweep (and the sweep's own plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PLOTS_DIR", "plot_path", "plot_run", "read_metrics"]
+
+log = logging.getLogger(__name__)
+
+PLOTS_DIR = "plots"
+# (file name, title, y label, [(metric key, legend label)])
+_FIGURES = (
+    ("loss.png", "loss", "cross-entropy", [("train/loss", "train"), ("val/loss", "val")]),
+    ("accuracy.png", "top-1 accuracy", "accuracy",
+     [("train/acc", "train"), ("val/acc", "val"), ("val/acc_best", "val best")]),
+)
+
+
+def read_metrics(csv_path: Path) -> tuple[dict[str, list[tuple[int, float]]],
+                                          dict[str, list[tuple[int, float]]]]:
+    """``({metric: [(epoch, value)]}, {lr key: [(step, value)]})`` from a Lightning
+    ``metrics.csv``, whose rows hold the columns logged at one step (empty cells: not logged
+    then). Learning rates are logged by step (``lr-<optimizer>``), the rest once per epoch."""
+    epochs: dict[str, dict[int, float]] = {}
+    steps: dict[str, dict[int, float]] = {}
+    with csv_path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            for key, text in row.items():
+                if key in ("epoch", "step") or not text:
+                    continue
+                try:
+                    value = float(text)
+                except ValueError:
+                    continue
+                if not math.isfinite(value):
+                    continue
+                if key.startswith("lr-") and row.get("step"):
+                    steps.setdefault(key, {})[int(float(row["step"]))] = value
+                elif row.get("epoch"):
+                    epochs.setdefault(key, {})[int(float(row["epoch"]))] = value  # the last
+    return ({k: sorted(v.items()) for k, v in epochs.items()},
+            {k: sorted(v.items()) for k, v in steps.items()})
+
+
+def _pyplot() -> Any:  # matplotlib.pyplot, imported late: most commands never draw
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers, no GUI thread
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_path(run_dir: Path) -> Path:
+    return Path(run_dir) / PLOTS_DIR
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """Draw a run's loss, accuracy and learning-rate curves into ``<run_dir>/plots/``.
+
+    Returns the files written; raises ``FileNotFoundError`` naming the fix when the run has
+    no ``csv/metrics.csv``.
+    """
+    run_dir = Path(run_dir)
+    metrics_csv = run_dir / "csv" / "metrics.csv"
+    if not metrics_csv.is_file():
+        raise FileNotFoundError(
+            f"{metrics_csv} not found: run plots are drawn from the CSV logger's file; train "
+            "with logger=csv (the default) or logger=many")
+    series, lrs = read_metrics(metrics_csv)
+    plt = _pyplot()
+    out = plot_path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    figures = [(name, title, ylabel, "epoch", [(series.get(k), label) for k, label in keys])
+               for name, title, ylabel, keys in _FIGURES]
+    if lrs:
+        figures.append(("lr.png", "learning rate", "learning rate", "step",
+                        [(lrs[k], k.removeprefix("lr-")) for k in sorted(lrs)]))
+    for name, title, ylabel, xlabel, curves in figures:
+        present = [(points, label) for points, label in curves if points]
+        if not present:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        for points, label in present:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o" if len(xs) < 60 else None, markersize=3, label=label)
+        ax.set_xlabel(xlabel)
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs and steps are whole
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title} — {run_dir.name}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out / name
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _is_sweep(path: Path) -> bool:
+    return any(p.is_dir() and p.name.isdigit() for p in path.iterdir())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m classicnets.plots",
+        description="Redraw the PNG plots of runs (<run>/plots/) or of every job of sweeps.")
+    parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories")
+    args = parser.parse_args(argv)
+    status = 0
+    for path in args.dirs:
+        if not path.is_dir():
+            print(f"{path}: not a directory (pass logs/<task>/runs/<time> or a multirun dir)",
+                  file=sys.stderr)
+            status = 2
+            continue
+        runs = sorted((p for p in path.iterdir() if p.is_dir() and p.name.isdigit()),
+                      key=lambda p: int(p.name)) if _is_sweep(path) else [path]
+        for run in runs:
+            try:
+                files = plot_run(run)
+            except FileNotFoundError as err:
+                print(f"{run}: {err}", file=sys.stderr)
+                status = 2
+                continue
+            print(f"{run}: {', '.join(f.name for f in files) or 'no metrics to plot'}")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
