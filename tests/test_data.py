@@ -210,6 +210,21 @@ def test_batch_size_must_divide_by_world_size() -> None:
         dm.setup("fit")
 
 
+def test_towers_split_the_batch_over_replicas_not_processes() -> None:
+    """4 processes of trainer=towers are 2 replicas: the batch divides by 2, not 4."""
+    dm = ImageDataModule("digits", batch_size=66)
+
+    class FakeStrategy:
+        distributed_sampler_kwargs = {"num_replicas": 2, "rank": 1}  # noqa: RUF012
+
+    class FakeTrainer:
+        world_size, global_rank, strategy = 4, 3, FakeStrategy()
+
+    dm.trainer = FakeTrainer()  # type: ignore[assignment]
+    assert dm.per_device_batch_size == 33
+    assert dm._replica() == (2, 1)
+
+
 def test_fast_loader_refused_for_folders(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="data.loader=torch"):
         ImageDataModule("imagefolder", path=tmp_path, num_classes=2, loader="fast")

@@ -154,9 +154,11 @@ class ImageDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return 1, 0
-        kwargs = getattr(trainer.strategy, "distributed_sampler_kwargs", None) or {}
-        return (int(kwargs.get("num_replicas", trainer.world_size)),
-                int(kwargs.get("rank", trainer.global_rank)))
+        kwargs = getattr(getattr(trainer, "strategy", None), "distributed_sampler_kwargs",
+                         None) or {}
+        if kwargs:
+            return int(kwargs["num_replicas"]), int(kwargs["rank"])
+        return int(trainer.world_size), int(getattr(trainer, "global_rank", 0))
 
     @property
     def world_size(self) -> int:
