@@ -32,7 +32,7 @@ def test_groups_have_the_documented_options() -> None:
         "optimizer": {"sgd", "adam", "adamw", "rmsprop"},
         "scheduler": {"cosine", "step", "multistep", "onecycle", "plateau", "none"},
         "logger": {"csv", "tensorboard", "wandb", "many"},
-        "callbacks": {"default"},
+        "callbacks": {"default", "dashboard"},
         "debug": {"fdr", "overfit", "limit", "profiler"},
     }
     for group, names in expected.items():
@@ -96,6 +96,10 @@ def test_callbacks_default(make_cfg: MakeCfg) -> None:
     callbacks = [instantiate(sub) for sub in cfg.callbacks.values()]
     ckpt = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
     assert ckpt.save_last and ckpt.monitor == "val/acc" and ckpt.mode == "max"
+    from classicnets.callbacks import Dashboard
+
+    dashboard = next(c for c in callbacks if isinstance(c, Dashboard))  # in default, by defaults
+    assert not dashboard.log_grad_norm and dashboard.num_predictions == 32
 
 
 @pytest.mark.parametrize("name", _options("debug"))

@@ -180,12 +180,13 @@ class ImageClassifier(L.LightningModule):
             self._train_seen += n
         return loss
 
-    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
         loss, logits = self.loss(self(x), y)
         getattr(self, f"{stage}_loss").update(loss)
         getattr(self, f"{stage}_acc").update(logits, y)
         getattr(self, f"{stage}_acc5").update(logits, y)
+        return logits  # to the batch-end hooks (callbacks.dashboard); Lightning keeps none
 
     def _log_train_epoch(self) -> None:
         """Log the epoch's mean training loss and accuracy, summed over all ranks."""
@@ -213,15 +214,15 @@ class ImageClassifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._log_train_epoch()
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best(self._log_epoch("val"))
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._eval_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")

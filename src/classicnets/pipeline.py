@@ -13,14 +13,23 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from classicnets.data import ImageDataModule
+from classicnets.loggers import (
+    check_logger_config,
+    close_stale_wandb_run,
+    drop_callbacks_needing_a_logger,
+    log_run_config,
+    name_wandb_group,
+)
 from classicnets.module import CheckpointError, ImageClassifier, instantiate_clean
 from classicnets.parallel.launch import check_world_matches
+from classicnets.parallel.slurm import requeued_checkpoint
 
 __all__ = ["evaluate", "load_env", "train"]
 
@@ -93,6 +102,20 @@ def _instantiate_many(cfg: DictConfig | None, kind: str) -> list[Any]:
     return out
 
 
+def _task_overrides() -> list[str]:
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # no Hydra context (a config composed by hand)
+        return []
+
+
+def _is_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
 def _save_resolved(cfg: DictConfig, out_dir: Path) -> None:
     if _is_rank_zero():
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,9 +134,11 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
 
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
     """Fit, test the best checkpoint, and return (optimized metric, all final metrics)."""
+    check_logger_config(cfg)  # W&B key, secrets: before anything is printed, built or written
     _extras(cfg)
     check_world_matches(cfg.trainer)  # torchrun's processes vs trainer.num_nodes x devices
     out_dir = _output_dir()
+    name_wandb_group(cfg, _is_multirun(), out_dir)
     _save_resolved(cfg, out_dir)
     L.seed_everything(cfg.seed, workers=True)
 
@@ -121,22 +146,24 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
     module = ImageClassifier(model=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler,
                              **cfg.get("module", {}))
     callbacks: list[Callback] = _instantiate_many(cfg.get("callbacks"), "callback")
+    close_stale_wandb_run()
     loggers: list[Logger] = _instantiate_many(cfg.get("logger"), "logger")
+    callbacks = drop_callbacks_needing_a_logger(callbacks, loggers)
     trainer: L.Trainer = instantiate_clean(cfg.trainer, callbacks=callbacks, logger=loggers)
     # a strategy that runs only some networks (trainer=towers) says so before processes start
     validate = getattr(trainer.strategy, "validate_module", None)
     if callable(validate):
         validate(module)
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for lg in loggers:
-        lg.log_hyperparams(resolved)
+    log_run_config(loggers, cfg, _task_overrides())
 
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise CheckpointError(f"ckpt_path={cfg.ckpt_path} does not exist; point it at a .ckpt "
                               "file (a run's checkpoints/last.ckpt resumes that run)")
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # a requeued SLURM job goes on from the newest checkpoint in its own run directory
+        ckpt_path = requeued_checkpoint(trainer) or cfg.get("ckpt_path")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _metrics(trainer)
 
     extra: dict[str, Any] = {}
@@ -155,6 +182,10 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
     if name and value is None:
         log.warning("optimized_metric=%s was not logged (logged: %s); returning None", name,
                     ", ".join(sorted(metrics)))
+    elif value is not None and not math.isfinite(value):
+        # a diverged run: None makes a sweeper's trial fail (Optuna refuses NaN as a value)
+        log.warning("optimized_metric=%s is %s; returning None", name, value)
+        value = None
     if trainer.is_global_zero:
         _write_metrics(out_dir, metrics, value, name, extra)
         _draw_plots(out_dir)
@@ -164,11 +195,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
 
 def _write_metrics(out_dir: Path, metrics: dict[str, float], value: float | None,
                    name: str | None, extra: dict[str, Any]) -> None:
-    try:
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:
-        overrides = []
-    payload = {"overrides": overrides, "optimized_metric": name,
+    payload = {"overrides": _task_overrides(), "optimized_metric": name,
                "optimized_value": None if value is None or math.isnan(value) else value,
                "metrics": metrics, **extra}
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
@@ -201,8 +228,10 @@ def _finish_wandb(loggers: list[Logger]) -> None:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test the checkpoint `cfg.ckpt_path` on `cfg.data`."""
+    check_logger_config(cfg)
     _extras(cfg)
     check_world_matches(cfg.trainer)
+    name_wandb_group(cfg, _is_multirun(), _output_dir())
     _save_resolved(cfg, _output_dir())
     L.seed_everything(cfg.seed, workers=True)
     module = ImageClassifier.load_checkpoint(cfg.ckpt_path)

@@ -16,11 +16,13 @@ import csv
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PLOTS_DIR", "plot_path", "plot_run", "read_metrics"]
+__all__ = ["PLOTS_DIR", "SweepPoint", "plot_path", "plot_run", "plot_sweep",
+           "read_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,89 @@ def plot_run(run_dir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+# ------------------------------------------------------------------ sweeps (classicnets.sweep)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One finished trial (or grid job) of a sweep: its number, the optimised metric's value and
+    the values it took for the swept parameters."""
+
+    number: int
+    value: float
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _sweep_categories(values: Sequence[Any]) -> list[Any]:
+    """The distinct values of a categorical parameter: in numeric order when all are numbers
+    (batch sizes), else in the order they first appear."""
+    distinct = list(dict.fromkeys(values))
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in distinct):
+        return sorted(distinct)
+    return distinct
+
+
+def plot_sweep(path: Path, metric: str, points: Sequence[SweepPoint],
+               scales: Mapping[str, str], best: int | None = None,
+               title: str | None = None, numbered: str = "trial") -> Path | None:
+    """Draw ``metric`` against each swept parameter (one panel each) into the PNG ``path``.
+
+    ``scales`` maps each parameter to ``log`` (log x axis), ``linear`` or ``categorical``; the
+    colour of a point is its number (early to late: where the sampler went; ``numbered`` says
+    what the numbers are), and the point numbered ``best`` is a red star. Returns None,
+    drawing nothing, without points or parameters.
+    """
+    names = [n for n in scales if any(n in p.params for p in points)]
+    if not points or not names:
+        return None
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    ncols = {1: 1, 2: 2, 4: 2}.get(len(names), 3)
+    nrows = math.ceil(len(names) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + 1, 3.4 * nrows), dpi=100,
+                             squeeze=False, sharey=True, layout="constrained")
+    numbers = [p.number for p in points]
+    colour = {"cmap": "viridis", "vmin": min(numbers), "vmax": max(max(numbers), 1)}
+    scatter = None
+    for ax, name in zip(axes.flat, names):
+        have = [p for p in points if p.params.get(name) is not None]
+        xs: list[float] = [p.params[name] for p in have]
+        if scales[name] == "categorical":
+            categories = _sweep_categories(xs)
+            # spread equal values a little (fixed, by number) so that they do not hide each other
+            xs = [categories.index(x) + 0.06 * (p.number % 5 - 2) for x, p in zip(xs, have)]
+            ax.set_xticks(range(len(categories)), [str(c) for c in categories])
+            ax.set_xlim(-0.5, len(categories) - 0.5)
+        elif scales[name] == "log":
+            ax.set_xscale("log")
+        ys = [p.value for p in have]
+        scatter = ax.scatter(xs, ys, c=[p.number for p in have], s=30, edgecolors="none",
+                             **colour)
+        for x, p in zip(xs, have):
+            if p.number == best:
+                ax.scatter([x], [p.value], marker="*", s=260, c="red", edgecolors="black",
+                           linewidths=0.6, zorder=3, label=f"best (#{p.number})")
+        ax.set_xlabel(name + (" (log)" if scales[name] == "log" else ""))
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(metric)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    if best is not None:
+        axes[0, 0].legend(loc="best", fontsize="small")
+    if scatter is not None:
+        bar = fig.colorbar(scatter, ax=axes.ravel().tolist(), label=numbered, shrink=0.9)
+        bar.locator = MaxNLocator(integer=True)  # trial numbers are whole
+        bar.update_ticks()
+    fig.suptitle(title or f"{metric} against the swept parameters")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _is_sweep(path: Path) -> bool:

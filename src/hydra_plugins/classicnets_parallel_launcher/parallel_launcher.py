@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
@@ -43,9 +43,11 @@ _CHILD = ("from hydra_plugins.classicnets_parallel_launcher.job_process import m
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-@dataclass(frozen=True)
-class Slot:
-    """Where one running job goes: its GPUs (``CUDA_VISIBLE_DEVICES``) and its thread count."""
+class Slot(NamedTuple):
+    """Where one running job goes: its GPUs (``CUDA_VISIBLE_DEVICES``) and its thread count.
+
+    A tuple, so slots compare by value even across the second copy of this module's classes
+    that Hydra's plugin scan makes when it executes the module again."""
 
     devices: tuple[str, ...]
     threads: int
