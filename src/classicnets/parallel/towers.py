@@ -75,14 +75,9 @@ class _GatherSumGrad(torch.autograd.Function):
         return _my_slice(grad, ctx.group, ctx.sizes), None, None
 
 
-class _GatherSliceGrad(torch.autograd.Function):
+class _GatherSliceGrad(_GatherSumGrad):
     """All-gather along channels for a computation every rank repeats identically (the loss on
     the full logits); backward keeps this rank's slice of the — identical — gradient."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, group: dist.ProcessGroup, sizes: list[int]) -> Tensor:
-        ctx.group, ctx.sizes = group, sizes
-        return _all_gather_dim1(x, group, sizes)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
