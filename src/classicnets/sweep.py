@@ -1,70 +1,455 @@
-"""Hydra callback that tabulates a multirun: one row per job, its overrides and final metrics."""
+"""Multiruns: check an Optuna search before its first trial, and tabulate and plot any sweep
+at its end (the Hydra callback ``SweepSummary``).
+
+A grid multirun is summarised from its job directories: one row per job, its overrides and
+final metrics. An Optuna search (``hparams_search=...``) is summarised from its study database:
+one row per trial of the study, from every launch that added to it, with the trial's state,
+parameters and value, the best trial marked, and the metrics its job wrote to
+``<sweep dir>/<trial number>/metrics.json``. Both also get ``sweep_plot.png``: the optimised
+metric against each swept parameter.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["SweepSummary", "summarise_sweep"]
+__all__ = ["INTERRUPTED_ATTR", "PLOT_NAME", "SweepConfigError", "SweepSummary", "check_sweep",
+           "metric_direction", "open_study", "summarise_study", "summarise_sweep"]
 
 log = logging.getLogger(__name__)
 COLUMNS = ("train/loss", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc",
            "test/acc_top5")
+PLOT_NAME = "sweep_plot.png"
+# study attribute that ties a study to the metric its values measure, across launches
+METRIC_ATTR = "optimized_metric"
+# trial attribute of a trial stopped by Ctrl-C (set by the sweeper, which then fails the trial)
+INTERRUPTED_ATTR = "interrupted"
 
 
-def summarise_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Write ``sweep_summary.csv`` and ``sweep_summary.md`` from each job's ``metrics.json``.
+class SweepConfigError(CompactHydraException, ValueError):
+    """A sweep that cannot run as configured; raised before its first job. (Hydra prints a
+    CompactHydraException as its message alone, without a stack trace.)"""
 
-    A job that crashed has no metrics file; it still gets a row, marked ``failed``.
-    """
-    rows: list[dict[str, Any]] = []
-    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()),
-                  key=lambda p: int(p.name))
-    overrides: list[list[str]] = []
-    for job in jobs:
-        row: dict[str, Any] = {"job": job.name}
-        path = job / "metrics.json"
-        if path.is_file():
-            data = json.loads(path.read_text())
-            overrides.append(list(data.get("overrides", [])))
-            row["status"] = "ok"
-            row.update({k: data["metrics"].get(k) for k in COLUMNS})
+
+def metric_direction(metric: str | None) -> str | None:
+    """``maximize`` for accuracies, ``minimize`` for losses and errors, None when the name
+    says neither."""
+    leaf = (metric or "").rsplit("/", 1)[-1].lower()
+    if "acc" in leaf or leaf.startswith("top"):
+        return "maximize"
+    if "loss" in leaf or "err" in leaf:
+        return "minimize"
+    return None
+
+
+# ------------------------------------------------------------------ checks before the first job
+
+
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    """Whether ``key`` (dotted) names a node of ``cfg``, without resolving anything: the
+    master config of a multirun holds interpolations (``${hydra:runtime.output_dir}``) that
+    only resolve inside a job, and ``???`` values still name keys that a sweep may set."""
+    node: Any = cfg
+    for part in key.split("."):
+        # keys(), not `in node`: DictConfig's `in` says no for a ??? value
+        if isinstance(node, DictConfig) and part in node.keys():  # noqa: SIM118
+            if OmegaConf.is_interpolation(node, part):
+                return True  # its target's keys are only known once resolved
+            node = node._get_node(part)
+        elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
+            node = node._get_node(int(part))
         else:
-            saved = job / ".hydra" / "overrides.yaml"
-            overrides.append(list(OmegaConf.load(saved)) if saved.exists() else [])
-            row["status"] = "failed"
-        rows.append(row)
-    # the swept values tell jobs apart; overrides every job shares go in the header
-    common = set.intersection(*(set(o) for o in overrides)) if overrides else set()
-    for row, job_overrides in zip(rows, overrides):
-        row["overrides"] = " ".join(o for o in job_overrides if o not in common)
-    fields = ["job", "overrides", "status", *COLUMNS]
+            return False
+    return True
+
+
+def _key_error(cfg: DictConfig, key: str, where: str) -> SweepConfigError:
+    """The error for a swept key the config lacks, listing the keys next to where it points."""
+    parts = key.split(".")
+    parent = ""
+    for i in range(len(parts) - 1, 0, -1):
+        if _has_key(cfg, ".".join(parts[:i])):
+            parent = ".".join(parts[:i])
+            break
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if isinstance(node, DictConfig):
+        valid = sorted(str(k) for k in node if not (parent == "" and k == "hydra"))
+    else:
+        valid = []
+    if not parent:
+        groups = cfg.hydra.runtime.choices.keys() if "hydra" in cfg else []
+        valid = sorted(set(valid) | {str(g) for g in groups if "/" not in str(g)})
+    return SweepConfigError(
+        f"{where} names '{key}', which the config does not have. Valid keys of "
+        f"{parent or 'the root config'}: {', '.join(valid) or '(none)'}. Fix the name; a key "
+        f"new to the config takes a '+' (+{key}).")
+
+
+def _group_options(cfg: DictConfig, group: str) -> list[str] | None:
+    """The options of config group ``group`` in the file config sources; None when no file
+    source has the group (packaged or structured configs: left to Hydra)."""
+    sources = cfg.hydra.runtime.get("config_sources") or []
+    found: set[str] | None = None
+    for source in sources:
+        if source.get("schema") != "file" or not source.get("path"):
+            continue
+        folder = Path(source.path) / group
+        if folder.is_dir():
+            found = (found or set()) | {p.relative_to(folder).with_suffix("").as_posix()
+                                        for p in folder.rglob("*.yaml")}
+    return sorted(found) if found is not None else None
+
+
+def _values(override: Override) -> list[str]:
+    """The values a swept key takes, as text; [] for intervals (a continuum, no names)."""
+    if override.is_interval_sweep():
+        return []
+    if override.is_sweep_override():
+        return list(override.sweep_string_iterator())
+    return [override.get_value_element_as_str()]
+
+
+def _swept(cfg: DictConfig) -> list[tuple[Override, str]]:
+    """Every swept key, with where it was set: the sweeper's ``params`` and the command line's
+    sweeps (``key=a,b``). The command line's fixed overrides were applied when the config was
+    composed, so Hydra has already checked them."""
+    parser = OverridesParser.create()
+    swept: list[tuple[Override, str]] = []
+    params = OmegaConf.select(cfg, "hydra.sweeper.params")
+    if isinstance(params, DictConfig):
+        for key, value in params.items():
+            text = f"{key}={value}"
+            swept += [(o, f"hydra.sweeper.params ({text})") for o in parser.parse_overrides([text])]
+    task = [str(o) for o in cfg.hydra.overrides.task]
+    swept += [(o, f"the sweep override {o.input_line}") for o in parser.parse_overrides(task)
+              if o.is_sweep_override()]
+    return swept
+
+
+def check_sweep(cfg: DictConfig) -> None:
+    """Raise ``SweepConfigError`` when a swept key is not in the config, a swept group option
+    does not exist, or the sweeper's direction contradicts ``optimized_metric``."""
+    choices = cfg.hydra.runtime.choices
+    for override, where in _swept(cfg):
+        if override.is_add() or override.is_force_add() or override.is_delete():
+            continue  # '+key' adds what does not exist yet; '~key' removes
+        key = override.key_or_group
+        if key in choices:
+            options = _group_options(cfg, key)
+            bad = [v for v in _values(override) if v != "null" and options is not None
+                   and v not in options]
+            if bad:
+                raise SweepConfigError(
+                    f"{where}: config group '{key}' has no option {', '.join(bad)}; its "
+                    f"options: {', '.join(options or [])}")
+        elif override.package is None and not _has_key(cfg, key):
+            raise _key_error(cfg, key, where)
+    direction = _direction(cfg)
+    metric = cfg.get("optimized_metric")
+    expected = metric_direction(metric)
+    if direction and expected and direction != expected:
+        raise SweepConfigError(
+            f"hydra.sweeper.direction={direction}, but optimized_metric={metric} is to "
+            f"{expected}; set hydra.sweeper.direction={expected} (or optimize another metric)")
+
+
+def _direction(cfg: DictConfig) -> str | None:
+    """The sweeper's one direction, ``maximize`` or ``minimize``; None for several objectives
+    (each names its own: nothing to compare with one metric) or a sweeper without one."""
+    direction = OmegaConf.select(cfg, "hydra.sweeper.direction")
+    if direction is None or isinstance(direction, ListConfig | list):
+        return None
+    return str(getattr(direction, "name", direction)).lower()  # the plugin's enum, or text
+
+
+def _study_ref(cfg: DictConfig) -> tuple[str, str] | None:
+    """``(storage URL, study name)`` of an Optuna sweep kept in a database, else None."""
+    storage = OmegaConf.select(cfg, "hydra.sweeper.storage")
+    name = OmegaConf.select(cfg, "hydra.sweeper.study_name")
+    if isinstance(storage, str) and storage and name:
+        return storage, str(name)
+    return None
+
+
+def _sqlite_path(storage: str) -> Path | None:
+    prefix = "sqlite:///"
+    return Path(storage[len(prefix):]) if storage.startswith(prefix) else None
+
+
+def open_study(cfg: DictConfig) -> None:
+    """Create the sweep's study, or check the one a relaunch continues: same direction, same
+    metric. Optuna would take the stored direction silently and mix values of two metrics."""
+    ref, direction = _study_ref(cfg), _direction(cfg)
+    if ref is None or direction is None:
+        return  # in memory, or several objectives: the plugin's own create_study does it
+    storage, name = ref
+    db = _sqlite_path(storage)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
+    import optuna
+
+    # Optuna's INFO lines repeat the sweeper's; alembic lists every plugin it sets up
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    metric = cfg.get("optimized_metric")
+    existing = {s.study_name: s for s in optuna.study.get_all_study_summaries(storage)}
+    if name in existing:
+        summary = existing[name]
+        stored = summary.direction.name.lower()
+        if stored != direction:
+            raise SweepConfigError(
+                f"study '{name}' in {storage} was created to {stored}; this launch asks to "
+                f"{direction}. Keep the direction, or start a new study with "
+                "hydra.sweeper.study_name=<new name>")
+        was = summary.user_attrs.get(METRIC_ATTR)
+        if metric and was and was != metric:
+            raise SweepConfigError(
+                f"study '{name}' in {storage} optimizes {was}; this launch optimizes {metric}. "
+                "Keep optimized_metric, or start a new study with "
+                "hydra.sweeper.study_name=<new name>")
+        log.info("continuing study '%s' (%d trials so far) in %s", name, summary.n_trials,
+                 storage)
+        return
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction,
+                                load_if_exists=True)
+    if metric:
+        study.set_user_attr(METRIC_ATTR, str(metric))
+    log.info("new study '%s' in %s", name, storage)
+
+
+# ------------------------------------------------------------------ summary tables and plots
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def _write_tables(sweep_dir: Path, fields: list[str], rows: list[dict[str, Any]],
+                  header: list[str]) -> None:
     with open(sweep_dir / "sweep_summary.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-
-    def cell(v: Any) -> str:
-        return f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
-
-    lines = [f"Sweep {sweep_dir.name}; every job: {' '.join(sorted(common)) or '(nothing else)'}",
-             "", "| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
-    lines += ["| " + " | ".join(cell(r.get(f)) for f in fields) + " |" for r in rows]
+    lines = [*header, "", "| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    lines += ["| " + " | ".join(_cell(r.get(f)) for f in fields) + " |" for r in rows]
     (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
+
+
+def _job_record(job: Path) -> tuple[list[str], dict[str, Any] | None]:
+    """A job's overrides, and its ``metrics.json`` (None: it crashed or never finished)."""
+    path = job / "metrics.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        return list(data.get("overrides", [])), data
+    saved = job / ".hydra" / "overrides.yaml"
+    return (list(OmegaConf.load(saved)) if saved.exists() else []), None
+
+
+def _common(overrides: Iterable[list[str]]) -> set[str]:
+    sets = [set(o) for o in overrides]
+    return set.intersection(*sets) if sets else set()
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _grid_params(swept: list[dict[str, str]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Each job's swept values, typed, and how to draw each key: numbers spanning more than a
+    factor 20 (0.1, 0.01, 0.001) on a log axis, other numbers on a linear one, anything else
+    (model names, null) as categories."""
+    typed: list[dict[str, Any]] = [dict(p) for p in swept]
+    scales: dict[str, str] = {}
+    for key in sorted({k for p in swept for k in p}):
+        parsed = {i: _number(p[key]) for i, p in enumerate(swept) if key in p}
+        numbers = {i: n for i, n in parsed.items() if n is not None}
+        if len(numbers) < len(parsed):
+            scales[key] = "categorical"
+            continue
+        for i, n in numbers.items():
+            typed[i][key] = n
+        low, high = min(numbers.values()), max(numbers.values())
+        scales[key] = "log" if low > 0 and high / low > 20 else "linear"
+    return typed, scales
+
+
+def _draw(sweep_dir: Path, **kwargs: Any) -> Path | None:
+    """Draw the sweep plot; a finished sweep must not fail on a figure, so say why instead."""
+    from classicnets.plots import plot_sweep
+
+    try:
+        path = plot_sweep(sweep_dir / PLOT_NAME, **kwargs)
+    except Exception as err:
+        log.warning("sweep plot failed (%s: %s)", type(err).__name__, err)
+        return None
+    if path is not None:
+        log.info("sweep plot: %s", path)
+    return path
+
+
+def summarise_sweep(sweep_dir: Path, metric: str | None = None) -> list[dict[str, Any]]:
+    """Write ``sweep_summary.csv`` and ``.md`` from each job's ``metrics.json``, and the plot.
+
+    A job that crashed has no metrics file; it still gets a row, marked ``failed``. The best
+    job by ``metric`` (default: each job's ``optimized_metric``) is marked when the metric's
+    name says which way is better.
+    """
+    from classicnets.plots import SweepPoint
+
+    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()),
+                  key=lambda p: int(p.name))
+    rows: list[dict[str, Any]] = []
+    overrides: list[list[str]] = []
+    values: list[float | None] = []
+    for job in jobs:
+        job_overrides, data = _job_record(job)
+        overrides.append(job_overrides)
+        row: dict[str, Any] = {"job": job.name, "status": "ok" if data else "failed"}
+        value = None
+        if data:
+            row.update({k: data["metrics"].get(k) for k in COLUMNS})
+            metric = metric or data.get("optimized_metric")
+            value = data["metrics"].get(metric) if metric else None
+        values.append(value if value is not None and math.isfinite(value) else None)
+        rows.append(row)
+    # the swept values tell jobs apart; overrides every job shares go in the header
+    common = _common(overrides)
+    swept: list[dict[str, str]] = []
+    for row, job_overrides in zip(rows, overrides):
+        own = [o for o in job_overrides if o not in common]
+        row["overrides"] = " ".join(own)
+        swept.append(dict(o.lstrip("+~").split("=", 1) for o in own if "=" in o))
+    direction = metric_direction(metric)
+    scored = [(v, i) for i, v in enumerate(values) if v is not None]
+    best = None
+    if scored and direction:
+        pick = max if direction == "maximize" else min
+        best = pick(scored, key=lambda p: p[0])[1]  # the first of equals
+    for i, row in enumerate(rows):
+        row["best"] = "yes" if i == best else ""
+    fields = ["job", "overrides", "status", *COLUMNS, "best"]
+    header = [f"Sweep {sweep_dir.name}; every job: {' '.join(sorted(common)) or '(nothing else)'}"]
+    if best is not None:
+        header.append(f"Best ({direction} {metric}): job {rows[best]['job']}, "
+                      f"{metric} = {_cell(values[best])}")
+    _write_tables(sweep_dir, fields, rows, header)
+    params, scales = _grid_params(swept)
+    points = [SweepPoint(int(r["job"]), v, p) for r, v, p in zip(rows, values, params)
+              if v is not None]
+    if metric and points and scales:
+        _draw(sweep_dir, metric=metric, points=points, scales=scales, numbered="job",
+              best=int(rows[best]["job"]) if best is not None else None,
+              title=f"sweep {sweep_dir.name}: {metric}")
+    return rows
+
+
+def _distribution_scale(distribution: Any) -> str:
+    """``log``, ``linear`` or ``categorical``, for Optuna 2's and later distributions alike."""
+    name = type(distribution).__name__
+    if name == "CategoricalDistribution":
+        return "categorical"
+    if "LogUniform" in name or getattr(distribution, "log", False):
+        return "log"
+    return "linear"
+
+
+def summarise_study(sweep_dir: Path, storage: str, study_name: str,
+                    metric: str | None = None) -> list[dict[str, Any]]:
+    """Write ``sweep_summary.csv`` and ``.md`` for every trial of an Optuna study, and the plot.
+
+    Each row: trial number, state, value, whether it is the best, its parameters, and the
+    metrics its job wrote to ``<sweep_dir>/<trial number>/metrics.json``. Trials of every
+    launch that added to the study are listed; ``running`` ones are in progress elsewhere, or
+    were interrupted.
+    """
+    import optuna
+
+    from classicnets.plots import SweepPoint
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    directions = [d.name.lower() for d in study.directions]
+    metric = metric or study.user_attrs.get(METRIC_ATTR) or "value"
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        best: set[int] = set()
+    elif len(directions) == 1:
+        best = {study.best_trial.number}  # one, as the plugin reports: the first of equals
+    else:
+        best = {t.number for t in study.best_trials}  # the Pareto front
+    params: dict[str, str] = {}  # searched name -> scale (log, linear, categorical)
+    for t in trials:
+        for name, distribution in t.distributions.items():
+            params.setdefault(name, _distribution_scale(distribution))
+    rows: list[dict[str, Any]] = []
+    overrides: list[list[str]] = []
+    for t in trials:
+        job_overrides, data = _job_record(sweep_dir / str(t.number))
+        if job_overrides:
+            overrides.append(job_overrides)
+        duration = t.duration.total_seconds() if t.duration is not None else None
+        state = "interrupted" if t.user_attrs.get(INTERRUPTED_ATTR) else t.state.name.lower()
+        rows.append({
+            "trial": t.number, "state": state,
+            "value": t.value if len(directions) == 1 else t.values,
+            "best": "yes" if t.number in best else "",
+            **{p: t.params.get(p) for p in params},
+            **({k: data["metrics"].get(k) for k in COLUMNS} if data else {}),
+            "duration_s": round(duration, 1) if duration is not None else None,
+        })
+    states: dict[str, int] = {}
+    for row in rows:
+        states[row["state"]] = states.get(row["state"], 0) + 1
+    fixed = sorted(o for o in _common(overrides) if o.split("=", 1)[0] not in params)
+    running = " (running: in progress, or its launcher was killed)" if "running" in states else ""
+    header = [f"Study {study_name} ({'/'.join(directions)} {metric}) in {storage}",
+              f"{len(rows)} trials: "
+              + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + running,
+              f"Every trial: {' '.join(fixed) or '(nothing else)'}"]
+    if len(directions) == 1 and complete:
+        top = study.best_trial
+        header.append(f"Best: trial {top.number}, {metric} = {_cell(top.value)} with "
+                      + " ".join(f"{k}={_cell(v)}" for k, v in top.params.items()))
+    fields = ["trial", "state", "value", "best", *params, *COLUMNS, "duration_s"]
+    _write_tables(sweep_dir, fields, rows, header)
+    if len(directions) == 1 and complete:
+        points = [SweepPoint(t.number, float(t.value), t.params) for t in complete]
+        _draw(sweep_dir, metric=metric, points=points, scales=params,
+              best=study.best_trial.number,
+              title=f"study {study_name}: {metric} ({directions[0]}), "
+                    f"{len(complete)} of {len(rows)} trials complete")
     return rows
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun, summarise it in the sweep directory."""
+    """At the end of a multirun, summarise it (and plot it) in the sweep directory."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
-            summarise_sweep(sweep_dir)
-            log.info("sweep summary: %s", sweep_dir / "sweep_summary.md")
+        if not sweep_dir.is_dir():
+            return
+        metric = config.get("optimized_metric")
+        ref = _study_ref(config)
+        if ref is not None:
+            summarise_study(sweep_dir, *ref, metric=metric)
+        else:
+            summarise_sweep(sweep_dir, metric=metric)
+        log.info("sweep summary: %s", sweep_dir / "sweep_summary.md")
