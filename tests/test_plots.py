@@ -65,6 +65,7 @@ def test_cli_redraws_a_sweep_and_names_the_fix_for_bad_input(tmp_path: Path) -> 
     for job in ("0", "1"):
         for name in ("loss.png", "accuracy.png", "lr.png"):
             _valid_png(sweep / job / "plots" / name)
+    assert (sweep / "sweep_summary.md").is_file()  # the sweep's own table, drawn again
     (tmp_path / "nolog").mkdir()
     proc = subprocess.run([sys.executable, "-m", "classicnets.plots", str(tmp_path / "nolog"),
                            str(tmp_path / "missing")], capture_output=True, text=True,

@@ -218,8 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             status = 2
             continue
+        sweep = _is_sweep(path)
         runs = sorted((p for p in path.iterdir() if p.is_dir() and p.name.isdigit()),
-                      key=lambda p: int(p.name)) if _is_sweep(path) else [path]
+                      key=lambda p: int(p.name)) if sweep else [path]
         for run in runs:
             try:
                 files = plot_run(run)
@@ -228,6 +229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 status = 2
                 continue
             print(f"{run}: {', '.join(f.name for f in files) or 'no metrics to plot'}")
+        if sweep:  # the sweep's own table and plot (every trial of a study)
+            from classicnets.sweep import redraw_sweep
+
+            redraw_sweep(path)
+            print(f"{path}: sweep_summary.md, sweep_plot.png")
     return status
 
 

@@ -23,7 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 __all__ = ["INTERRUPTED_ATTR", "PLOT_NAME", "SweepConfigError", "SweepSummary", "check_sweep",
            "metric_direction", "open_study", "summarise_study", "summarise_sweep"]
@@ -437,6 +437,32 @@ def summarise_study(sweep_dir: Path, storage: str, study_name: str,
               title=f"study {study_name}: {metric} ({directions[0]}), "
                     f"{len(complete)} of {len(rows)} trials complete")
     return rows
+
+
+def redraw_sweep(sweep_dir: Path) -> None:
+    """Write a finished sweep's summary and plot again from its files (``multirun.yaml``, the
+    jobs' ``metrics.json``, the study database): ``python -m classicnets.plots <sweep dir>``."""
+    saved = sweep_dir / "multirun.yaml"
+    cfg = OmegaConf.load(saved) if saved.is_file() else OmegaConf.create({})
+    with open_dict(cfg):  # the directory as it is now: the sweep may have been moved
+        OmegaConf.update(cfg, "hydra.sweep.dir", str(sweep_dir), force_add=True)
+        db = sweep_dir / "optuna.db"  # a search directory (conf/hparams_search) keeps its study
+        if db.is_file() and _study_ref(cfg) is None:
+            import optuna
+
+            storage = f"sqlite:///{db}"
+            names = [st.study_name for st in optuna.get_all_study_summaries(storage)]
+            if sweep_dir.name not in names and len(names) != 1:
+                raise SweepConfigError(f"{db} holds studies {names}; none is named after the "
+                                       f"directory ({sweep_dir.name}), so which one to draw?")
+            name = sweep_dir.name if sweep_dir.name in names else names[0]
+            OmegaConf.update(cfg, "hydra.sweeper.storage", storage, force_add=True)
+            OmegaConf.update(cfg, "hydra.sweeper.study_name", name, force_add=True)
+        if not cfg.get("optimized_metric"):  # as the jobs recorded it
+            for job in sorted(sweep_dir.glob("*/metrics.json")):
+                cfg.optimized_metric = json.loads(job.read_text()).get("optimized_metric")
+                break
+    SweepSummary().on_multirun_end(cfg)
 
 
 class SweepSummary(Callback):
