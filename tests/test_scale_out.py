@@ -278,12 +278,13 @@ def test_parallel_sweep_runs_jobs_at_once_in_their_own_dirs(tmp_path: Path) -> N
     assert [p.name for p in logs.iterdir()] == ["multiruns"]  # no stray single runs
     (sweep,) = list((logs / "multiruns").iterdir())
     assert {p.name for p in sweep.iterdir()} == {"0", "1", "multirun.yaml",
-                                                 "sweep_summary.csv", "sweep_summary.md"}
+                                                 "sweep_summary.csv", "sweep_summary.md",
+                                                 "sweep_plot.png"}
     spans = []
     for job, lr in (("0", 0.05), ("1", 0.1)):
         files = {p.name for p in (sweep / job).iterdir()}
         assert files == {".hydra", "train.log", "config_resolved.yaml", "metrics.json",
-                         "checkpoints", "csv"}
+                         "checkpoints", "csv", "plots"}
         saved = json.loads((sweep / job / "metrics.json").read_text())
         assert f"optimizer.lr={lr}" in saved["overrides"]
         assert Path(saved["best_checkpoint"]).parent == sweep / job / "checkpoints"
@@ -317,7 +318,8 @@ def test_ddp_multirun_keeps_each_job_in_its_own_dir(tmp_path: Path) -> None:
     assert [p.name for p in logs.iterdir()] == ["multiruns"]
     (sweep,) = list((logs / "multiruns").iterdir())
     assert {p.name for p in sweep.iterdir()} == {"0", "1", "multirun.yaml",
-                                                 "sweep_summary.csv", "sweep_summary.md"}
+                                                 "sweep_summary.csv", "sweep_summary.md",
+                                                 "sweep_plot.png"}
     assert len(list(tmp_path.rglob("multirun.yaml"))) == 1
     assert len(list(tmp_path.rglob("metrics.json"))) == 2
     for job, lr in (("0", 0.01), ("1", 0.02)):

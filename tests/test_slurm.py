@@ -21,9 +21,8 @@ from typing import Any
 import pytest
 import torch
 
+from classicnets.parallel.slurm import SlurmConfigError, SlurmUnavailableError
 from hydra_plugins.classicnets_slurm_launcher.slurm_launcher import (
-    SlurmConfigError,
-    SlurmUnavailableError,
     check_cluster,
 )
 

@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
+from hydra.errors import CompactHydraException
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -165,3 +166,11 @@ class SlurmRequeue(Callback):
                              f"resume it with ckpt_path={path}")
         raise SystemExit(f"classicnets: SLURM job {job} requeued at {REQUEUE_SIGNAL.name}; it "
                          f"resumes from {path}")
+
+
+class SlurmUnavailableError(CompactHydraException):
+    """hydra/launcher=slurm found no SLURM cluster to submit to."""
+
+
+class SlurmConfigError(CompactHydraException):
+    """The trainer config cannot be turned into a SLURM job."""

@@ -16,24 +16,19 @@ import shutil
 import subprocess
 from typing import Any
 
-from hydra.errors import CompactHydraException
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from omegaconf import DictConfig
+
+# defined outside this plugin module, which Hydra's plugin scan executes a second time (the
+# classes would then differ from the ones callers import)
+from classicnets.parallel.slurm import SlurmConfigError, SlurmUnavailableError
 
 __all__ = ["LocalLauncher", "SlurmConfigError", "SlurmLauncher", "SlurmUnavailableError",
            "check_cluster", "job_shape"]
 
 _FIX = ("start a single-node cluster on this machine with `sudo tests/scripts/slurm_cluster.sh`, "
         "or run the sweep without SLURM: hydra/launcher=submitit_local")
-
-
-class SlurmUnavailableError(CompactHydraException):
-    """hydra/launcher=slurm found no SLURM cluster to submit to."""
-
-
-class SlurmConfigError(CompactHydraException):
-    """The trainer config cannot be turned into a SLURM job."""
 
 
 def check_cluster(timeout_s: float = 30.0) -> None:
