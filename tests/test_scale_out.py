@@ -270,8 +270,10 @@ def test_torchrun_two_nodes_train_as_one(tmp_path: Path) -> None:
 def test_parallel_sweep_runs_jobs_at_once_in_their_own_dirs(tmp_path: Path) -> None:
     probe = tmp_path / "probe"
     # OMP_NUM_THREADS=3 here: each job must get the launcher's share instead; no GPU jobs
+    # 4 epochs: each job's span (below) lasts seconds, longer than the skew of the two jobs'
+    # start-ups on a machine busy with other tests (1 epoch, < 1 s, once missed the overlap)
     proc = _run(TRAIN, ["-m", "hydra/launcher=parallel", "optimizer.lr=0.05,0.1",
-                        "trainer.max_epochs=1", "data.batch_size=64", *SWEEP_QUIET,
+                        "trainer.max_epochs=4", "data.batch_size=64", *SWEEP_QUIET,
                         *_probe(probe)], tmp_path, OMP_NUM_THREADS="3", CUDA_VISIBLE_DEVICES="")
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = tmp_path / "logs" / "train"
