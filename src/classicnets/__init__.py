@@ -1,3 +1,22 @@
 """classicnets: the classic image-classification networks, trained by Lightning + Hydra."""
 
+from typing import Any
+
 __version__ = "0.1.0"
+
+
+def _register_resolvers() -> None:
+    """``${pretrained:<key>,<default>}``: the data settings that follow ``model.pretrained``
+    (``conf/data/*.yaml``); registered on import so every composed config resolves."""
+    from omegaconf import OmegaConf
+
+    def pretrained(key: str, default: Any = None, *, _root_: Any) -> Any:
+        from classicnets.models.weights import data_setting
+
+        return data_setting(key, default, _root_=_root_)
+
+    if not OmegaConf.has_resolver("pretrained"):
+        OmegaConf.register_new_resolver("pretrained", pretrained)
+
+
+_register_resolvers()

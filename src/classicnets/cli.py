@@ -1,4 +1,4 @@
-"""Console scripts (`classicnets-train`, `classicnets-eval`, `classicnets-benchmark`)."""
+"""Console scripts (`classicnets-train`, `-eval`, `-benchmark`, `-predict`, `-export`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from classicnets.config_check import ConfigError, explain_override_error
 from classicnets.parallel.launch import agree_run_name, ddp_children_run_this_job
-from classicnets.pipeline import REPO_ROOT, load_env
+from classicnets.pipeline import REPO_ROOT, load_env, resume_arguments
 
 CONFIG_DIR = REPO_ROOT / "conf"
 
@@ -27,9 +28,23 @@ def _hydra_entry(config_name: str, task: Callable[[DictConfig], Any]) -> Callabl
             sys.exit(f"classicnets: configs not found at {CONFIG_DIR}; install from a clone "
                      "(pip install -e .) or run python src/train.py from the repository")
         load_env()
+        if config_name == "train":  # resume=<run dir>: that run's overrides and directory
+            try:
+                sys.argv[1:] = resume_arguments(sys.argv[1:])
+            except ConfigError as err:
+                sys.exit(f"classicnets: {err}")
         agree_run_name()  # torchrun nodes: one run directory name for all
-        return hydra.main(version_base="1.3", config_path=str(CONFIG_DIR),
-                          config_name=config_name)(job)()
+        try:
+            return hydra.main(version_base="1.3", config_path=str(CONFIG_DIR),
+                              config_name=config_name)(job)()
+        except SystemExit as stop:
+            # Hydra names a misspelled key but not the valid ones: add them (only on failure,
+            # so a good command composes its config once)
+            if stop.code == 1:
+                hint = explain_override_error(config_name, sys.argv[1:])
+                if hint:
+                    print(f"classicnets: {hint}", file=sys.stderr)
+            raise
 
     return run
 
@@ -52,7 +67,22 @@ def _benchmark(cfg: DictConfig) -> None:
     run_benchmark(cfg)
 
 
+def _predict(cfg: DictConfig) -> None:
+    from classicnets.predict import predict
+
+    predict(cfg)
+
+
+def _export(cfg: DictConfig) -> None:
+    from classicnets.export import export
+
+    export(cfg)
+
+
 train_main = _hydra_entry("train", _train)
 eval_main = _hydra_entry("eval", _eval)
 benchmark_main = _hydra_entry("benchmark", _benchmark)
-__all__ = ["CONFIG_DIR", "benchmark_main", "eval_main", "train_main"]
+predict_main = _hydra_entry("predict", _predict)
+export_main = _hydra_entry("export", _export)
+__all__ = ["CONFIG_DIR", "benchmark_main", "eval_main", "export_main", "predict_main",
+           "train_main"]

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 __all__ = ["LoggerConfigError", "check_logger_config", "close_stale_wandb_run",
            "drop_callbacks_needing_a_logger", "flatten", "log_run_config", "name_wandb_group",
-           "secret_values"]
+           "resume_wandb_run", "secret_values"]
 
 log = logging.getLogger(__name__)
 WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
@@ -145,6 +145,22 @@ def name_wandb_group(cfg: DictConfig, multirun: bool, output_dir: Path) -> None:
                      else str(cfg.task_name))
             with open_dict(sub):
                 sub.group = group
+
+
+def resume_wandb_run(cfg: DictConfig, run_dir: Path) -> None:
+    """A run resumed in its own directory logs on into its W&B run: the id of the newest run
+    W&B left under ``<run dir>/wandb/`` (``run-<time>-<id>``, ``offline-run-<time>-<id>``),
+    with ``resume="allow"``; set in the config, unless it names an id itself."""
+    runs = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime_ns)
+    runs = [p for p in runs if p.is_dir()]
+    if not runs:
+        return
+    run_id = runs[-1].name.rsplit("-", 1)[1]
+    for sub in _wandb_configs(cfg):
+        with open_dict(sub):
+            sub.id = sub.get("id") or run_id
+            sub.resume = sub.get("resume") or "allow"
+        log.info("W&B: resuming run %s", sub.id)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,16 +11,24 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from classicnets.callbacks.finetune import (
+    FineTune,
+    FineTuneConfig,
+    head_parameter_names,
+    split_head_backbone,
+)
 from classicnets.models.layers import ClassifierOutput
 from classicnets.optim import build_scheduler, param_groups
 
 __all__ = ["CheckpointError", "ImageClassifier", "instantiate_clean"]
 
+NAN_POLICIES = ("stop", "skip")
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1,
                      "momentum": 0.9, "weight_decay": 5e-4}
 
@@ -60,7 +69,17 @@ class ImageClassifier(L.LightningModule):
         compile: ``torch.compile`` the network (not this module); state dicts stay unprefixed.
         channels_last: NHWC memory format for the network and its inputs.
         no_weight_decay_norm_bias: exempt biases and norm parameters from weight decay.
+        nan_policy: a non-finite training loss: ``stop`` (the ``guard`` callback ends the run
+            naming the step and the last good checkpoint) or ``skip`` (the step's gradients are
+            zeroed on the device, so the batch changes no weight except through the optimizer's
+            momentum/weight decay; counted as ``train/skipped_batches``).
+        finetune: fine-tuning a pretrained network (``conf/module``: ``freeze_backbone_epochs``,
+            ``backbone_lr_mult``, ``freeze_bn``; :mod:`classicnets.callbacks.finetune`).
         num_classes: needed only when ``model`` is a module (else read from its config).
+
+    A ``pretrained`` entry of the model config fills the network when it is built; it is not
+    kept in the hyperparameters: the weights are in every checkpoint from then on, so loading
+    one never fetches them again.
     """
 
     def __init__(
@@ -74,12 +93,15 @@ class ImageClassifier(L.LightningModule):
         compile: bool = False,
         channels_last: bool = False,
         no_weight_decay_norm_bias: bool = False,
+        nan_policy: str = "stop",
+        finetune: Mapping[str, Any] | None = None,
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
         # plain containers in hparams: the checkpoint then rebuilds everything by itself
         optimizer = _plain(optimizer) or dict(DEFAULT_OPTIMIZER)
         scheduler = _plain(scheduler)
+        finetune = _plain(finetune)
         if isinstance(model, nn.Module):
             self.save_hyperparameters(ignore=["model"], logger=False)
             self.net = model
@@ -87,13 +109,18 @@ class ImageClassifier(L.LightningModule):
                 raise ValueError("pass num_classes= when model is an nn.Module")
         else:
             model = _plain(model)
-            self.save_hyperparameters(logger=False)
             self.net = instantiate_clean(model)
+            model = {k: v for k, v in model.items() if k != "pretrained"}
+            self.save_hyperparameters(logger=False)
             num_classes = num_classes or model.get("num_classes")
             if num_classes is None:
                 raise ValueError("the model config has no num_classes; pass num_classes=")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"module.label_smoothing must be in [0, 1), got {label_smoothing}")
+        self._finetune = FineTuneConfig.parse(finetune)  # validated before anything runs
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"module.nan_policy={nan_policy!r} is not one of "
+                             f"{', '.join(NAN_POLICIES)}")
         self.num_classes = int(num_classes)
         top_k = min(5, self.num_classes)
         # no per-step input validation: its checks read values back from the GPU every step,
@@ -106,8 +133,9 @@ class ImageClassifier(L.LightningModule):
         self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(2))
         # training loss/accuracy: running sums on the device (see training_step)
         self._train_sums: Tensor | None = None
-        self._train_seen = 0
+        self._step_finite: Tensor | None = None  # nan_policy=skip: this step's losses finite
         self.val_acc_best = MaxMetric()
+        self._restored_best: float | None = None  # from a checkpoint, applied at train start
         self._compiled: nn.Module | None = None
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -154,7 +182,12 @@ class ImageClassifier(L.LightningModule):
     def on_train_start(self) -> None:
         self.val_loss.reset()
         self.val_acc.reset()
-        self.val_acc_best.reset()
+        self.val_acc_best.reset()  # the sanity check's validation updated it
+        if self._restored_best is not None and math.isfinite(self._restored_best):
+            # a resumed run: the best of the epochs before the interruption still counts
+            self.val_acc_best.update(torch.tensor(self._restored_best, device=self.device))
+        if self._train_sums is not None:  # restored mid-epoch, on the CPU
+            self._train_sums = self._train_sums.to(self.device)
         n = sum(p.numel() for p in self.net.parameters())
         for logger in self.loggers:
             logger.log_hyperparams({"model/params_total": n, "model/params_trainable": sum(
@@ -166,19 +199,53 @@ class ImageClassifier(L.LightningModule):
     # Python than the step's own bookkeeping); they never read the GPU back, so its queue of
     # kernels never drains. `python src/benchmark.py sections=[template]` measures the rest.
     def on_train_epoch_start(self) -> None:
-        self._train_sums, self._train_seen = None, 0
+        self._train_sums = None
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss, logits = self.loss(self(x), y)
         with torch.no_grad():
-            if self._train_sums is None:  # [sum of loss × batch size, correct predictions]
-                self._train_sums = torch.zeros(2, dtype=torch.float32, device=loss.device)
-            n = y.shape[0]
-            self._train_sums[0].add_(loss.float(), alpha=n)
-            self._train_sums[1].add_((logits.argmax(dim=1) == y).sum())
-            self._train_seen += n
+            if self._train_sums is None:
+                # [sum of loss × batch size, correct predictions, samples, skipped batches]
+                self._train_sums = torch.zeros(4, dtype=torch.float32, device=loss.device)
+            sums, n = self._train_sums, y.shape[0]
+            correct = (logits.argmax(dim=1) == y).sum()
+            if self.hparams.nan_policy == "skip":
+                # decided on the device: a non-finite loss adds nothing and is counted
+                finite = torch.isfinite(loss)
+                ok = finite.float()
+                sums[0].add_(torch.where(finite, loss.float(), 0.0) * n)
+                sums[1].add_(correct * ok)
+                sums[2].add_(ok * n)
+                sums[3].add_(1.0 - ok)
+                prior = self._step_finite
+                self._step_finite = finite if prior is None else prior & finite
+            else:  # a non-finite loss makes the loss sum non-finite: see divergence_flag
+                sums[0].add_(loss.float(), alpha=n)
+                sums[1].add_(correct)
+                sums[2].add_(n)
         return loss
+
+    def divergence_flag(self) -> Tensor | None:
+        """On the device, nonzero when a training loss of this epoch was NaN or infinite and
+        not skipped (the epoch's loss sum is then not finite); None before the first step.
+        The ``guard`` callback reads it back every few steps, not at every step."""
+        if self._train_sums is None:
+            return None
+        return (~torch.isfinite(self._train_sums[0])).float()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._step_finite is None:  # nan_policy=stop
+            return
+        bad = (~self._step_finite).float()
+        self._step_finite = None
+        if self.trainer.world_size > 1:  # one rank's NaN gradients reached all ranks
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        keep = bad == 0
+        for p in self.parameters():
+            if p.grad is not None:  # where, not a multiply: 0 × NaN is NaN
+                grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # towers
+                grad.copy_(torch.where(keep, grad, 0.0))
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
@@ -190,10 +257,11 @@ class ImageClassifier(L.LightningModule):
 
     def _log_train_epoch(self) -> None:
         """Log the epoch's mean training loss and accuracy, summed over all ranks."""
-        sums = (self._train_sums if self._train_sums is not None
-                else torch.zeros(2, device=self.device))
-        totals = torch.cat([sums, sums.new_tensor([float(self._train_seen)])])
-        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")  # every rank calls it
+        sums = (self._train_sums.clone() if self._train_sums is not None
+                else torch.zeros(4, device=self.device))
+        totals = self.trainer.strategy.reduce(sums, reduce_op="sum")  # every rank calls it
+        if self.hparams.nan_policy == "skip":
+            self.log("train/skipped_batches", totals[3])
         seen = totals[2]
         if seen.item() == 0:  # an epoch without training steps (limit_train_batches=0)
             return
@@ -232,6 +300,9 @@ class ImageClassifier(L.LightningModule):
         cfg = dict(self.hparams.optimizer)
         groups = param_groups(self.net, float(cfg.get("weight_decay", 0.0)),
                               no_decay_norm_bias=self.hparams.no_weight_decay_norm_bias)
+        if self._finetune.active:  # head at optimizer.lr, backbone at backbone_lr_mult × it
+            groups = split_head_backbone(groups, self.net, self._head(), float(cfg["lr"]),
+                                         self._finetune.backbone_lr_mult)
         cfg["_partial_"] = True  # parameters are known only here
         optimizer = instantiate(cfg)(params=groups)
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -242,7 +313,33 @@ class ImageClassifier(L.LightningModule):
                                 max_epochs=max(1, int(self.trainer.max_epochs or 1)))
         return optimizer if sched is None else {"optimizer": optimizer, "lr_scheduler": sched}
 
+    def _head(self) -> set[str]:
+        return head_parameter_names(self.net, self.hparams.get("model"))
+
+    def configure_callbacks(self) -> list[Callback]:
+        if not self._finetune.active:
+            return []
+        return [FineTune(self._finetune, self._head())]
+
     # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # running state that is not in the state dict (torchmetrics states are not persistent,
+        # and the weights must load into runs without these): a resumed run goes on from it
+        state: dict[str, Any] = {"val_acc_best": float(self.val_acc_best.max_value)}
+        if self._train_sums is not None:  # saved mid-epoch: the epoch's sums so far
+            state["train_sums"] = self._train_sums.detach().cpu().clone()
+        checkpoint["classicnets"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("classicnets") or {}
+        self._restored_best = state.get("val_acc_best")
+        sums = state.get("train_sums")
+        # under DDP each rank summed its own batches; rank 0's sums stand for the part of the
+        # epoch before the interruption (the other ranks' are not in the file)
+        rank = self._trainer.global_rank if self._trainer is not None else 0
+        if sums is not None and rank == 0 and len(sums) == 4:
+            self._train_sums = sums.clone()
+
     @classmethod
     def load_checkpoint(cls, path: str | Path, **kwargs: Any) -> ImageClassifier:
         """``load_from_checkpoint`` with errors that say what is wrong with ``path``."""

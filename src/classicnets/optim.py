@@ -74,8 +74,10 @@ def build_scheduler(optimizer: Optimizer, cfg: Mapping[str, Any] | None, *, tota
         sched = lrs.MultiStepLR(optimizer, milestones, float(cfg.get("gamma", 0.1)))
         return {"scheduler": sched, "interval": "epoch"}
     if name == "onecycle":
-        max_lr = cfg.get("max_lr") or base_lr
-        sched = lrs.OneCycleLR(optimizer, max_lr=float(max_lr), total_steps=max(1, total_steps),
+        max_lr = float(cfg.get("max_lr") or base_lr)
+        # groups with their own rates (fine-tuning's backbone) keep their ratio to the first
+        peaks = [max_lr * g["lr"] / base_lr for g in optimizer.param_groups] if base_lr else max_lr
+        sched = lrs.OneCycleLR(optimizer, max_lr=peaks, total_steps=max(1, total_steps),
                                pct_start=float(cfg.get("pct_start", 0.3)))
         return {"scheduler": sched, "interval": "step"}
     # plateau

@@ -6,6 +6,8 @@ import json
 import logging
 import math
 import os
+import re
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,11 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from classicnets.callbacks.guard import TrainingInterrupted
+from classicnets.config_check import ConfigError, check_config
 from classicnets.data import ImageDataModule
 from classicnets.loggers import (
     check_logger_config,
@@ -26,12 +31,19 @@ from classicnets.loggers import (
     drop_callbacks_needing_a_logger,
     log_run_config,
     name_wandb_group,
+    resume_wandb_run,
 )
 from classicnets.module import CheckpointError, ImageClassifier, instantiate_clean
 from classicnets.parallel.launch import check_world_matches
-from classicnets.parallel.slurm import requeued_checkpoint
+from classicnets.parallel.slurm import newest_checkpoint, requeued_checkpoint
+from classicnets.preflight import (
+    check_checkpoint_fits,
+    check_data_fits_model,
+    check_free_space,
+    check_writable,
+)
 
-__all__ = ["evaluate", "load_env", "train"]
+__all__ = ["evaluate", "load_env", "resume_arguments", "train"]
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +139,132 @@ def _metrics(trainer: L.Trainer) -> dict[str, float]:
             if torch.is_tensor(v) and v.numel() == 1}
 
 
+# ------------------------------------------------------------------ resume in place
+# overrides that name where a run goes on, not what it is: never carried into its resumption
+_RESUME_KEYS = ("resume", "ckpt_path", "hydra.run.dir")
+
+
+def _override_key(arg: str) -> str:
+    return arg.lstrip("+~").split("=", 1)[0]
+
+
+def _quote(path: Path) -> str:
+    text = str(path)
+    if re.fullmatch(r"[\w/.:-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _newest_run(values: dict[str, str]) -> Path | None:
+    """The run of this task (``logs/<task_name>/runs/*``) with the newest checkpoint."""
+    root = Path(values.get("paths.log_dir") or Path(os.environ.get("PROJECT_ROOT", REPO_ROOT))
+                / "logs")
+    runs: list[tuple[int, Path]] = []
+    for run in (root / values.get("task_name", "train") / "runs").glob("*"):
+        files = [*run.glob("checkpoints/last.ckpt"), *run.glob("hpc_ckpt_*.ckpt")]
+        if files:
+            runs.append((max(f.stat().st_mtime_ns for f in files), run))
+    return max(runs)[1] if runs else None
+
+
+def resume_arguments(args: list[str]) -> list[str]:
+    """The command line of a run that goes on in its own directory.
+
+    ``resume=<run dir>`` (or ``ckpt_path=last``: the run of this task with the newest
+    checkpoint) becomes that run's own overrides (``<run dir>/.hydra/overrides.yaml``), then the
+    ones given now, which win (``trainer.max_epochs=40`` trains longer), then
+    ``hydra.run.dir=<run dir>``: the same config, the same directory. Other arguments are
+    returned as they are.
+    """
+    values = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    resume: str | Path | None = values.get("resume")
+    if resume in (None, "", "null"):
+        if values.get("ckpt_path") != "last":
+            return args
+        resume = _newest_run(values)
+        if resume is None:
+            return args  # the pipeline says there is nothing to resume
+    if any(a in ("-m", "--multirun") for a in args):
+        raise ConfigError("resume= continues one run; resume the jobs of a sweep one by one "
+                          "with resume=<sweep dir>/<job number>")
+    run_dir = Path(resume).expanduser().resolve()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"resume={resume}: {saved} does not exist. resume= takes the directory "
+                          f"of a run started by src/train.py (logs/<task>/runs/<time>/, the one "
+                          f"holding checkpoints/ and .hydra/)")
+    given = [a for a in args if _override_key(a) not in ("resume", "hydra.run.dir")
+             and a != "ckpt_path=last"]
+    given_keys = {_override_key(a) for a in given}
+    earlier = [str(o) for o in OmegaConf.load(saved)
+               if _override_key(str(o)) not in (*_RESUME_KEYS, *given_keys)]
+    return [*earlier, *given, f"resume={_quote(run_dir)}", f"hydra.run.dir={_quote(run_dir)}"]
+
+
+def _resume_dir(cfg: DictConfig, out_dir: Path) -> Path | None:
+    """The run directory ``resume=`` names, which must be this run's own."""
+    resume = cfg.get("resume")
+    if not resume:
+        return None
+    run_dir = Path(str(resume)).expanduser().resolve()
+    if run_dir != out_dir.resolve():
+        raise ConfigError(
+            f"resume={resume} continues a run in its own directory, but this run writes to "
+            f"{out_dir}. Start it as python src/train.py resume={resume} (which sets "
+            f"hydra.run.dir for you), or add hydra.run.dir={resume}")
+    return run_dir
+
+
+def _checkpoint_to_resume(cfg: DictConfig, trainer: L.Trainer, resume_dir: Path | None
+                          ) -> str | None:
+    ckpt = cfg.get("ckpt_path")
+    if ckpt and ckpt != "last":
+        if not Path(ckpt).is_file():
+            raise CheckpointError(f"ckpt_path={ckpt} does not exist; point it at a .ckpt file, "
+                                  "or continue a run in its directory with resume=<run dir>")
+        return str(ckpt)
+    if not (ckpt == "last" or resume_dir):
+        return None
+    newest = newest_checkpoint(trainer)
+    if newest is not None:
+        log.info("resuming from %s", newest)
+        return newest
+    if resume_dir is not None:
+        log.warning("resume=%s: no checkpoint there yet; training starts from the beginning "
+                    "in that directory", resume_dir)
+        return None
+    raise CheckpointError(
+        f"ckpt_path=last: no checkpoint in {_output_dir()}, and no run of this task under "
+        f"logs/ has one. Continue a run with resume=<run dir>, or name a file with "
+        f"ckpt_path=<path>.ckpt")
+
+
+def _stopped(stop: BaseException, trainer: L.Trainer, out_dir: Path, testing: bool = False
+             ) -> None:
+    """A run stopped at a signal: say what was saved and how to go on; exit non-zero."""
+    if isinstance(stop, TrainingInterrupted):
+        signum, saved, finished = stop.signum, stop.checkpoint, stop.finished
+        where = f"in epoch {stop.epoch} at global step {stop.step}"
+    else:  # Lightning's own SIGTERM stop (set-up, sanity check, test, or the guard off)
+        signum, finished = int(signal.SIGTERM), testing
+        saved = newest_checkpoint(trainer) if testing else None
+        where = (f"in epoch {trainer.current_epoch} at global step {trainer.global_step}"
+                 if trainer.global_step else "before the first training step")
+    name = signal.Signals(signum).name
+    if finished:
+        text = f"{name}: training had finished (saved {saved}); the test did not run."
+    elif saved:
+        text = f"{name}: training stopped {where}; saved {saved}."
+    else:
+        newest = newest_checkpoint(trainer)
+        text = (f"{name}: training stopped {where}; nothing was saved at the signal"
+                + (f" (the newest checkpoint is {newest})." if newest else "."))
+    if trainer.is_global_zero:
+        log.error("%s Resume this run in its own directory with:\n    python src/train.py "
+                  "resume=%s", text, _quote(out_dir))
+    raise SystemExit(128 + signum) from None
+
+
 def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     channels_last = bool(cfg.get("module", {}).get("channels_last", False))
     return instantiate_clean(cfg.data, channels_last=channels_last)
@@ -134,10 +272,13 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
 
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
     """Fit, test the best checkpoint, and return (optimized metric, all final metrics)."""
+    check_config(cfg)  # arguments and value types, naming the valid keys
     check_logger_config(cfg)  # W&B key, secrets: before anything is printed, built or written
     _extras(cfg)
     check_world_matches(cfg.trainer)  # torchrun's processes vs trainer.num_nodes x devices
     out_dir = _output_dir()
+    resume_dir = _resume_dir(cfg, out_dir)
+    check_writable(out_dir)
     name_wandb_group(cfg, _is_multirun(), out_dir)
     _save_resolved(cfg, out_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -145,8 +286,15 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
     datamodule = build_datamodule(cfg)
     module = ImageClassifier(model=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler,
                              **cfg.get("module", {}))
+    check_data_fits_model(
+        module.hparams.get("model"), datamodule,
+        "the model takes it from data= unless overridden: drop the model.{key} override or set "
+        "data.{data_key}={want}")
     callbacks: list[Callback] = _instantiate_many(cfg.get("callbacks"), "callback")
+    check_free_space(out_dir, module, callbacks)
     close_stale_wandb_run()
+    if resume_dir is not None:
+        resume_wandb_run(cfg, resume_dir)  # the same W&B run, before the logger starts one
     loggers: list[Logger] = _instantiate_many(cfg.get("logger"), "logger")
     callbacks = drop_callbacks_needing_a_logger(callbacks, loggers)
     trainer: L.Trainer = instantiate_clean(cfg.trainer, callbacks=callbacks, logger=loggers)
@@ -157,13 +305,20 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
 
     log_run_config(loggers, cfg, _task_overrides())
 
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+    if cfg.get("train", True):
+        # a requeued SLURM job goes on from the newest checkpoint in its own run directory,
+        # and so does a run resumed in place (resume=<run dir>, ckpt_path=last)
+        ckpt_path = (requeued_checkpoint(trainer)
+                     or _checkpoint_to_resume(cfg, trainer, resume_dir))
+        if ckpt_path:
+            check_checkpoint_fits(ckpt_path, module)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except (TrainingInterrupted, SIGTERMException) as stop:
+            _stopped(stop, trainer, out_dir)  # exits non-zero with the resume command
+    elif cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise CheckpointError(f"ckpt_path={cfg.ckpt_path} does not exist; point it at a .ckpt "
                               "file (a run's checkpoints/last.ckpt resumes that run)")
-    if cfg.get("train", True):
-        # a requeued SLURM job goes on from the newest checkpoint in its own run directory
-        ckpt_path = requeued_checkpoint(trainer) or cfg.get("ckpt_path")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _metrics(trainer)
 
     extra: dict[str, Any] = {}
@@ -174,7 +329,11 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
             extra["best_checkpoint"] = best
         else:
             log.warning("no best checkpoint (checkpointing off?): testing the current weights")
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        try:
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None,
+                         weights_only=False)
+        except SIGTERMException as stop:  # Lightning's own, with exit status 0
+            _stopped(stop, trainer, out_dir, testing=True)
         metrics.update(_metrics(trainer))
 
     name = cfg.get("optimized_metric")
@@ -228,6 +387,7 @@ def _finish_wandb(loggers: list[Logger]) -> None:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test the checkpoint `cfg.ckpt_path` on `cfg.data`."""
+    check_config(cfg)
     check_logger_config(cfg)
     _extras(cfg)
     check_world_matches(cfg.trainer)
@@ -236,15 +396,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     module = ImageClassifier.load_checkpoint(cfg.ckpt_path)
     datamodule = build_datamodule(cfg)
-    model_cfg = module.hparams.get("model") or {}
-    for key, data_key in (("num_classes", "num_classes"), ("in_channels", "in_channels"),
-                          ("input_size", "image_size")):
-        want, have = model_cfg.get(key), getattr(datamodule, data_key)
-        if want is not None and want != have:
-            raise ValueError(
-                f"the checkpoint's network was built for {key}={want} but data gives "
-                f"{data_key}={have}; evaluate on the data it was trained on (data=... "
-                f"data.{data_key}={want})")
+    check_data_fits_model(module.hparams.get("model"), datamodule,
+                           "evaluate on the data it was trained on (data=... "
+                           "data.{data_key}={want})")
     loggers = _instantiate_many(cfg.get("logger"), "logger")
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers)
     trainer.test(module, datamodule=datamodule)

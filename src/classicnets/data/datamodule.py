@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets import ImageFolder
 
 from classicnets.data.catalogue import ArrayData, DatasetError, DatasetSpec, get_spec
 from classicnets.data.fast import DeviceLoader, pair_to_device
-from classicnets.data.transforms import BatchTransform, folder_transform, sample_transform
+from classicnets.data.transforms import (
+    BatchTransform,
+    EvalTransform,
+    eval_resize,
+    folder_transform,
+    sample_transform,
+)
 
 __all__ = ["ArrayDataset", "ImageDataModule"]
 
 log = logging.getLogger(__name__)
 LOADERS = ("auto", "fast", "torch")
+# unreadable images in a row after which a folder counts as damaged rather than one file
+MAX_UNREADABLE_IN_A_ROW = 10
 
 
 class ArrayDataset(Dataset):
@@ -32,6 +42,34 @@ class ArrayDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.data.images[i]), int(self.data.labels[i])
+
+
+class CheckedImageFolder(ImageFolder):
+    """``ImageFolder`` that skips an unreadable image (truncated, corrupt, not an image) with a
+    warning naming the file, and serves the next readable one of the split in its place: one
+    damaged file among a million does not end a run hours in. Checking every file up front
+    would mean decoding the whole dataset at each start. Ten unreadable files in a row are an
+    error instead: the folder is damaged, not a file."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skipped: set[str] = set()
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        for attempt in range(MAX_UNREADABLE_IN_A_ROW):
+            i = (index + attempt) % len(self.samples)
+            try:
+                return super().__getitem__(i)
+            except (OSError, SyntaxError) as err:  # PIL's errors for a damaged or foreign file
+                path = self.samples[i][0]
+                if path not in self.skipped:  # once per file (per DataLoader worker)
+                    self.skipped.add(path)
+                    log.warning("skipped unreadable image %s (%s: %s); delete or replace it",
+                                path, type(err).__name__, err)
+        raise DatasetError(
+            f"{MAX_UNREADABLE_IN_A_ROW} unreadable images in a row from "
+            f"{self.samples[index][0]} on: the folder {self.root} looks damaged; check the "
+            f"files (copy them again) or point data.path elsewhere")
 
 
 def _match_channels(data: ArrayData, want: int) -> ArrayData:
@@ -71,6 +109,9 @@ class ImageDataModule(L.LightningDataModule):
         image_size: int | None = None,
         num_classes: int | None = None,
         in_channels: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        resize_size: int | None = None,
         augment: bool = True,
         loader: str = "auto",
         download: bool = False,
@@ -80,6 +121,9 @@ class ImageDataModule(L.LightningDataModule):
         persistent_workers: bool = True,
         channels_last: bool = False,
     ) -> None:
+        # plain floats in the hyperparameters: a checkpoint must not hold OmegaConf lists
+        mean = None if mean is None else [float(m) for m in mean]
+        std = None if std is None else [float(s) for s in std]
         super().__init__()
         self.save_hyperparameters(logger=False)  # the run logs the full config itself
         self.spec: DatasetSpec = get_spec(name)
@@ -108,11 +152,21 @@ class ImageDataModule(L.LightningDataModule):
         self.image_size = int(image_size or spec.image_size)
         self.root = Path(root).expanduser()
         self.loader = ("fast" if spec.in_memory else "torch") if loader == "auto" else loader
-        mean, std = spec.mean, spec.std
+        if (mean is None) != (std is None):
+            raise DatasetError("set both data.mean and data.std, or neither (null: the "
+                               "dataset's statistics)")
+        # given (the pretrained weights' or the user's) or the dataset's own statistics
+        mean, std = (spec.mean, spec.std) if mean is None else (
+            tuple(map(float, mean)), tuple(map(float, std)))  # type: ignore[arg-type]
         if len(mean) != self.in_channels:  # converted channels: averaged / repeated stats
             mean = (sum(mean) / len(mean),) * self.in_channels
             std = (sum(std) / len(std),) * self.in_channels
         self.mean, self.std = mean, std
+        # folder datasets: shorter side before the evaluation centre crop
+        self.resize_size = int(resize_size or eval_resize(self.image_size))
+        if self.resize_size < self.image_size:
+            raise DatasetError(f"data.resize_size={resize_size} is below data.image_size="
+                               f"{self.image_size}: the centre crop would not fit")
         self.train_set: ArrayData | Dataset | None = None
         self.val_set: ArrayData | Dataset | None = None
         self.test_set: ArrayData | Dataset | None = None
@@ -212,8 +266,6 @@ class ImageDataModule(L.LightningDataModule):
         self.test_set = test
 
     def _setup_folders(self) -> None:
-        from torchvision.datasets import ImageFolder
-
         base = Path(self.hparams.path).expanduser() if self.spec.name == "imagefolder" else (
             self.root / "imagenet")
         train_dir = base / "train"
@@ -227,11 +279,13 @@ class ImageDataModule(L.LightningDataModule):
         def folder(split_dir: Path, train: bool) -> ImageFolder:
             tf = folder_transform(train=train and self.hparams.augment,
                                   image_size=self.image_size, in_channels=self.in_channels,
-                                  mean=self.mean, std=self.std)
+                                  mean=self.mean, std=self.std, resize_size=self.resize_size)
             try:
-                return ImageFolder(str(split_dir), transform=tf)
+                return CheckedImageFolder(str(split_dir), transform=tf)
             except (FileNotFoundError, RuntimeError) as err:
-                raise DatasetError(f"{split_dir}: {err}") from None
+                fix = (" Add images to the empty class folders or remove them (data.num_classes "
+                       "counts the class folders)." if "no valid file" in str(err) else "")
+                raise DatasetError(f"{split_dir}: {err}{fix}") from None
 
         train_aug = folder(train_dir, True)
         self.classes = train_aug.classes
@@ -257,6 +311,22 @@ class ImageDataModule(L.LightningDataModule):
         else:
             log.warning("%s has no test/ folder: testing on the validation split", base)
             self.test_set = self.val_set
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def eval_transform(self) -> EvalTransform:
+        """The evaluation transform for an image of any size (prediction, export)."""
+        # in-memory images are square and resized whole; folder images as folder_transform does
+        folder = not self.spec.in_memory
+        resize = self.resize_size if folder else self.image_size
+        return EvalTransform(image_size=self.image_size, resize_size=resize,
+                             in_channels=self.in_channels, mean=tuple(self.mean),
+                             std=tuple(self.std), resize_uint8=folder)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved by Lightning into every checkpoint (under this class's name): the class names
+        and the evaluation transform, so `src/predict.py` needs no dataset."""
+        return {"classes": list(self.classes), "eval_transform": self.eval_transform.to_dict()}
 
     # ------------------------------------------------------------------ loaders
     def _device(self) -> torch.device:

@@ -32,6 +32,10 @@ class DeviceLoader:
     * augmentation draws come from a per-rank generator seeded from ``seed``, epoch and rank.
 
     ``set_epoch`` is called by Lightning through the ``sampler`` attribute (as for a sampler).
+    ``state_dict``/``load_state_dict`` make it a resumable loader for Lightning: a checkpoint
+    saved mid-epoch records how many batches of which epoch were served, and the restored loader
+    serves only the rest of that epoch, after drawing (and discarding) the augmentation of the
+    skipped batches so the remaining ones get exactly the draws of an uninterrupted run.
     """
 
     def __init__(self, data: ArrayData, *, batch_size: int, transform: BatchTransform,
@@ -45,6 +49,8 @@ class DeviceLoader:
         self.shuffle, self.drop_last = shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
+        self._served = 0  # batches of the current epoch handed out so far (skipped ones too)
+        self._resume: tuple[int, int] | None = None  # (epoch, batches) from a checkpoint
         self.sampler = self  # Lightning calls dataloader.sampler.set_epoch(epoch)
         self.batch_sampler = None  # (and inspects this like a DataLoader's)
 
@@ -73,12 +79,32 @@ class DeviceLoader:
             order = torch.cat([order, order[: total - n]])
         return order[self.rank :: self.world_size].to(self.device)
 
+    def state_dict(self) -> dict[str, int]:
+        """Where this loader is in its epoch (Lightning stores it in the checkpoint)."""
+        return {"epoch": self.epoch, "batches": self._served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume inside the epoch ``state`` was saved in: its served batches are skipped."""
+        self._resume = (int(state["epoch"]), int(state["batches"]))
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        # a generator: the body runs at the first batch, after Lightning's set_epoch
         gen = torch.Generator(device=self.device)
         gen.manual_seed((self.seed * 1_000_003 + self.epoch) * 4099 + self.rank)
+        skip = 0
+        if self._resume is not None:
+            epoch, served = self._resume
+            self._resume = None  # once: later epochs start from their first batch
+            if epoch == self.epoch and 0 < served < len(self):
+                skip = served
         order = self.indices()
+        self._served = 0
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            self._served = i + 1
+            if i < skip:
+                self.transform.skip(len(idx), gen)
+                continue
             yield self.transform(self.images[idx], gen), self.labels[idx]
 
 

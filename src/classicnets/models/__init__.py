@@ -29,5 +29,5 @@ __all__ = [
 
 # Every family file registers itself; importing them here means a new file needs no edit.
 for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name not in ("layers", "registry", "table"):
+    if _mod.name not in ("layers", "registry", "table", "weights"):
         importlib.import_module(f"{__name__}.{_mod.name}")

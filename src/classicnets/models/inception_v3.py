@@ -194,6 +194,10 @@ class InceptionV3(nn.Module):
     stride 1, no max-pool after the first conv block), the paper's own low-resolution
     network (§9, Table 2: "stride 1 and without pooling after the first layer"). 32 px inputs
     then reach the 35×35 modules at 12×12. The parameter count is unchanged.
+
+    ``pool_count_pad=True`` makes the pool branches' 3×3 average pools count the zero padding
+    at the borders, as torchvision's port does (its converted weights were evaluated that
+    way); the default follows TensorFlow's SAME pooling of the release, which does not.
     """
 
     def __init__(
@@ -204,6 +208,7 @@ class InceptionV3(nn.Module):
         *,
         aux_logits: bool = False,
         dropout: float = 0.2,
+        pool_count_pad: bool = False,
     ) -> None:
         super().__init__()
         low_res = input_size < LOW_RES_INPUT
@@ -232,6 +237,9 @@ class InceptionV3(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(2048, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.AvgPool2d):
+                m.count_include_pad = pool_count_pad
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -267,12 +275,16 @@ def inception_v3(
     input_size: int = 299,
     aux_logits: bool = False,
     dropout: float = 0.2,
+    pool_count_pad: bool = False,
 ) -> nn.Module:
     """Inception-v3 at 299 px (23,834,568 params; 27,161,264 with ``aux_logits=True``).
 
     ``aux_logits`` adds the 17×17 auxiliary classifier; ``dropout`` is the rate before the
     classifier. Inputs below 80 px use the paper's low-resolution stem (see
     :class:`InceptionV3`); below 21 px the 8×8 grid would vanish and the build is refused.
+    ``pool_count_pad=True``: average pools that count the padding, as torchvision's port (its
+    weights need it).
     """
     require_min_size(input_size, 21, "inception_v3")
-    return InceptionV3(num_classes, in_channels, input_size, aux_logits=aux_logits, dropout=dropout)
+    return InceptionV3(num_classes, in_channels, input_size, aux_logits=aux_logits, dropout=dropout,
+                       pool_count_pad=pool_count_pad)

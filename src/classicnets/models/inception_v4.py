@@ -89,8 +89,8 @@ def _v4_stem(in_channels: int, low_res: bool) -> nn.Sequential:
             nn.Sequential(_Conv(160, 64, 1), _Conv(64, 96, 3, padding=0)),
             nn.Sequential(
                 _Conv(160, 64, 1),
+                _Conv(64, 64, (1, 7)),  # the release's order of the two factors
                 _Conv(64, 64, (7, 1)),
-                _Conv(64, 64, (1, 7)),
                 _Conv(64, 96, 3, padding=0),
             ),
         ),  # → 192
@@ -122,12 +122,12 @@ def _inception_b(c: int = 1024) -> nn.Module:
     return _Concat(
         _Conv(c, 384, 1),
         nn.Sequential(_Conv(c, 192, 1), _Conv(192, 224, (1, 7)), _Conv(224, 256, (7, 1))),
-        nn.Sequential(
+        nn.Sequential(  # the release starts this branch with 7×1
             _Conv(c, 192, 1),
-            _Conv(192, 192, (1, 7)),
-            _Conv(192, 224, (7, 1)),
-            _Conv(224, 224, (1, 7)),
-            _Conv(224, 256, (7, 1)),
+            _Conv(192, 192, (7, 1)),
+            _Conv(192, 224, (1, 7)),
+            _Conv(224, 224, (7, 1)),
+            _Conv(224, 256, (1, 7)),
         ),
         nn.Sequential(_avg_pool(), _Conv(c, 128, 1)),
     )
@@ -162,7 +162,7 @@ def _inception_c(c: int = 1536) -> nn.Module:
         _Conv(c, 256, 1),
         nn.Sequential(_Conv(c, 384, 1), _SplitConv(384, 256)),
         nn.Sequential(
-            _Conv(c, 384, 1), _Conv(384, 448, (1, 3)), _Conv(448, 512, (3, 1)), _SplitConv(512, 256)
+            _Conv(c, 384, 1), _Conv(384, 448, (3, 1)), _Conv(448, 512, (1, 3)), _SplitConv(512, 256)
         ),
         nn.Sequential(_avg_pool(), _Conv(c, 256, 1)),
     )
@@ -178,7 +178,9 @@ class InceptionV4(nn.Module):
     ReLU, no conv biases. 42,679,816 parameters at 1000 classes.
 
     Deviations: the order of the 1×7 / 7×1 (and 1×3 / 3×1) factors inside a branch follows the
-    released model where the figures differ (the parameter count is the same either way).
+    released (TF-slim) model where the figures differ — the stem's 1×7 before 7×1, and 7×1
+    (3×1) first in the deepest branch of Inception-B (C); the parameter count is the same
+    either way, and the released weights (timm's inception_v4) fit only this order.
 
     Small inputs: below 80 px the first conv and the first pool ‖ conv stage of the stem use
     stride 1 (the two early stride-2 stages removed, the low-resolution rule of Szegedy et al.
@@ -442,7 +444,8 @@ class InceptionResNetV2(nn.Module):
     reductions (Table 1's k, l, m, n = 256, 256, 384, 384; Figure 18) are the paper's.
 
     ``residual_scale``: ``None`` uses the released per-block scales (0.17, 0.10, 0.20 for A,
-    B, C); a float scales every residual by it (§3.3 recommends 0.1–0.3).
+    B, C, and 1.0 for the last C block, which TF-slim builds with its default scale); a float
+    scales every residual by it (§3.3 recommends 0.1–0.3).
 
     Small inputs: below 80 px the first conv has stride 1 and the max-pool after the first
     conv block is removed (the low-resolution rule of Szegedy et al. 2016, Table 2): 32 px
@@ -465,8 +468,10 @@ class InceptionResNetV2(nn.Module):
         self.reduction_a = _reduction_a(320, 256, 256, 384, 384)  # → 1088
         self.blocks_b = nn.Sequential(*(_ir2_block_b(sb) for _ in range(20)))
         self.reduction_b = _ir_reduction_b(1088, (384, 288, 320, 288))  # → 2080
+        # the release's last block: no ReLU after the sum and block8's default scale of 1.0
+        last = 1.0 if residual_scale is None else sc
         self.blocks_c = nn.Sequential(
-            *(_ir2_block_c(sc) for _ in range(9)), _ir2_block_c(sc, activate=False)
+            *(_ir2_block_c(sc) for _ in range(9)), _ir2_block_c(last, activate=False)
         )
         self.conv_head = _Conv(2080, 1536, 1)
         self.head = _Classifier(1536, num_classes, dropout)
@@ -528,9 +533,9 @@ def inception_resnet_v2(
 ) -> nn.Module:
     """Inception-ResNet-v2 in the released 10/20/10 layout (55,843,464 params).
 
-    ``residual_scale``: ``None`` = the released per-block scales (0.17 / 0.10 / 0.20), or one
-    factor for every block (the paper suggests 0.1–0.3). Inputs below 80 px use the
-    low-resolution stem.
+    ``residual_scale``: ``None`` = the released per-block scales (0.17 / 0.10 / 0.20; 1.0 for
+    the last block), or one factor for every block (the paper suggests 0.1–0.3). Inputs below
+    80 px use the low-resolution stem.
     """
     require_min_size(input_size, MIN_INPUT_RESNET, "inception_resnet_v2")
     return InceptionResNetV2(

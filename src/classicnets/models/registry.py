@@ -116,9 +116,19 @@ def get_model_info(name: str) -> ModelInfo:
         ) from None
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered network ``name`` with the builder's keyword arguments."""
-    return get_model_info(name).builder(**kwargs)
+def create_model(name: str, *, pretrained: str | bool | None = None, **kwargs: Any) -> nn.Module:
+    """Build the registered network ``name`` with the builder's keyword arguments.
+
+    ``pretrained``: ``"torchvision"``, ``"timm"`` (optionally ``:<weights name>``) or a path to
+    a state dict or classicnets checkpoint (see :mod:`classicnets.models.weights`); the
+    classifier head is kept fresh when ``num_classes`` differs from the weights'.
+    """
+    model = get_model_info(name).builder(**kwargs)
+    if pretrained:
+        from classicnets.models.weights import load_pretrained
+
+        load_pretrained(model, name, pretrained, kwargs)
+    return model
 
 
 def require_min_size(input_size: int, minimum: int, model: str) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
+from torch import nn
+
 from classicnets.models.layers import SqueezeExcite
 from classicnets.models.registry import register_model
 from classicnets.models.resnet import (
@@ -42,7 +44,8 @@ class SEResNet(ResNet):
 
     Deviations from the released models:
       - the stem max-pool is 3×3/2 with padding 1 (torchvision); the release uses an unpadded
-        ceil-mode pool — same 56×56 output at 224 px, windows shifted by one pixel;
+        ceil-mode pool — same 56×56 output at 224 px, windows shifted by one pixel
+        (``caffe_pool=True`` in the bottleneck builders restores it);
       - the released SE-ResNet-18/34 blocks put a ReLU between the second BN and the SE gate;
         these basic blocks keep the paper's form (BN → SE → add → ReLU; no parameter change);
       - inputs < 128 px get the 3×3 stride-1 stem without max-pool (CIFAR adaptation);
@@ -61,10 +64,11 @@ def _se_net(
     input_size: int,
     small_stem: bool | None,
     reduction: int,
+    caffe_pool: bool = False,
     **kwargs: object,
 ) -> ResNet:
     stem: StemType = "cifar" if use_small_stem(input_size, small_stem) else "imagenet"
-    return SEResNet(
+    net = SEResNet(
         block,
         layers,
         num_classes=num_classes,
@@ -73,6 +77,9 @@ def _se_net(
         attention=partial(SqueezeExcite, reduction=reduction),
         **kwargs,
     )
+    if caffe_pool and stem == "imagenet":  # the release's unpadded ceil-mode max-pool
+        net.stem[1] = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+    return net
 
 
 @register_model(paper=HU_2018, year=2018)
@@ -145,11 +152,13 @@ def se_resnet50(
     zero_init_residual: bool = False,
     survival_prob_last: float = 1.0,
     small_stem: bool | None = None,
+    caffe_pool: bool = False,
 ) -> ResNet:
     """SE-ResNet-50 (Table 1 of the paper); 28,088,024 parameters.
 
     Stride on the first 1×1 conv as in the released model (``stride_in_1x1=False`` moves it
-    to the 3×3). Other options as :func:`se_resnet18`.
+    to the 3×3). ``caffe_pool=True``: the released model's unpadded ceil-mode stem max-pool
+    (its weights, timm's legacy_seresnet*, need it). Other options as :func:`se_resnet18`.
     """
     return _se_net(
         Bottleneck,
@@ -163,6 +172,7 @@ def se_resnet50(
         stride_in_1x1=stride_in_1x1,
         zero_init_residual=zero_init_residual,
         survival_prob_last=survival_prob_last,
+        caffe_pool=caffe_pool,
     )
 
 
@@ -178,6 +188,7 @@ def se_resnet101(
     zero_init_residual: bool = False,
     survival_prob_last: float = 1.0,
     small_stem: bool | None = None,
+    caffe_pool: bool = False,
 ) -> ResNet:
     """SE-ResNet-101; 49,326,872 parameters. Options as :func:`se_resnet50`."""
     return _se_net(
@@ -192,6 +203,7 @@ def se_resnet101(
         stride_in_1x1=stride_in_1x1,
         zero_init_residual=zero_init_residual,
         survival_prob_last=survival_prob_last,
+        caffe_pool=caffe_pool,
     )
 
 
@@ -207,6 +219,7 @@ def se_resnet152(
     zero_init_residual: bool = False,
     survival_prob_last: float = 1.0,
     small_stem: bool | None = None,
+    caffe_pool: bool = False,
 ) -> ResNet:
     """SE-ResNet-152; 66,821,848 parameters. Options as :func:`se_resnet50`."""
     return _se_net(
@@ -221,6 +234,7 @@ def se_resnet152(
         stride_in_1x1=stride_in_1x1,
         zero_init_residual=zero_init_residual,
         survival_prob_last=survival_prob_last,
+        caffe_pool=caffe_pool,
     )
 
 
@@ -236,11 +250,13 @@ def se_resnext50_32x4d(
     zero_init_residual: bool = False,
     survival_prob_last: float = 1.0,
     small_stem: bool | None = None,
+    caffe_pool: bool = False,
 ) -> ResNet:
     """SE-ResNeXt-50 (32×4d) (Table 1 of the paper); 27,559,896 parameters.
 
     The released SE-ResNeXt strides the grouped 3×3 (unlike the released SE-ResNets), hence
-    ``stride_in_1x1=False`` by default. Other options as :func:`se_resnet18`.
+    ``stride_in_1x1=False`` by default; ``caffe_pool`` as :func:`se_resnet50`. Other options
+    as :func:`se_resnet18`.
     """
     return _se_net(
         Bottleneck,
@@ -256,4 +272,5 @@ def se_resnext50_32x4d(
         stride_in_1x1=stride_in_1x1,
         zero_init_residual=zero_init_residual,
         survival_prob_last=survival_prob_last,
+        caffe_pool=caffe_pool,
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from classicnets.models.registry import create_model, get_model_info, list_models
+from classicnets.models.weights import pretrained_column
 
 START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"
 README = Path(__file__).resolve().parents[3] / "README.md"
@@ -24,14 +25,16 @@ def _params(name: str) -> int:
 
 
 def model_table() -> str:
-    """Markdown table: name, paper, year, parameters, canonical input."""
-    rows = ["| model | paper | year | parameters | canonical input | classes |",
-            "|---|---|---:|---:|---|---:|"]
+    """Markdown table: name, paper, year, parameters, canonical input, classes, and the
+    reference whose published weights ``model.pretrained`` loads (—: none fits)."""
+    rows = ["| model | paper | year | parameters | canonical input | classes "
+            "| pretrained weights |", "|---|---|---:|---:|---|---:|---|"]
     infos = sorted((get_model_info(n) for n in list_models()), key=lambda i: (i.year, i.name))
     for info in infos:
         rows.append(
             f"| `{info.name}` | {info.paper} | {info.year} | {_params(info.name):,} | "
-            f"{info.in_channels}×{info.input_size}×{info.input_size} | {info.num_classes} |")
+            f"{info.in_channels}×{info.input_size}×{info.input_size} | {info.num_classes} | "
+            f"{pretrained_column(info.name)} |")
     return "\n".join(rows)
 
 

@@ -119,7 +119,8 @@ class Xception(nn.Module):
     ``intermediate_act`` puts a ReLU or ELU between depthwise and pointwise convs (Figure 10).
 
     Details not in the paper follow the released Keras model: the first two convs are
-    unpadded, BN epsilon 1e-3.
+    unpadded, BN epsilon 1e-3 (``bn_eps``; timm's port of those weights, legacy_xception,
+    evaluates them with PyTorch's 1e-5).
 
     Small inputs: below 80 px the first conv has stride 1 (the network's only early stride-2
     stage before the residual modules), so 32 px inputs run the middle flow at 4×4. Same
@@ -135,6 +136,7 @@ class Xception(nn.Module):
         residual: bool = True,
         intermediate_act: str | None = None,
         dropout: float = 0.5,
+        bn_eps: float = 1e-3,
     ) -> None:
         super().__init__()
         if intermediate_act is not None and intermediate_act not in _ACTIVATIONS:
@@ -165,6 +167,9 @@ class Xception(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(2048, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps = bn_eps
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -198,13 +203,15 @@ def xception(
     residual: bool = True,
     intermediate_act: str | None = None,
     dropout: float = 0.5,
+    bn_eps: float = 1e-3,
 ) -> nn.Module:
     """Xception at 299 px (22,855,952 params).
 
     ``residual=False``: the paper's non-residual variant; ``intermediate_act`` ("relu" /
     "elu"): an activation between depthwise and pointwise convs (the paper's ablation);
     ``dropout`` before the classifier. Inputs below 80 px run the first conv with stride 1
-    (see :class:`Xception`).
+    (see :class:`Xception`). ``bn_eps``: BatchNorm epsilon (1e-3 as Keras; timm's weights need
+    1e-5).
     """
     # The two unpadded 3×3 convs need at least a 5 px input.
     require_min_size(input_size, 5, "xception")
@@ -215,4 +222,5 @@ def xception(
         residual=residual,
         intermediate_act=intermediate_act,
         dropout=dropout,
+        bn_eps=bn_eps,
     )

@@ -29,7 +29,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-__all__ = ["MAX_REQUEUES_ENV", "REQUEUE_SIGNAL", "SlurmRequeue", "requeued_checkpoint"]
+__all__ = ["MAX_REQUEUES_ENV", "REQUEUE_SIGNAL", "SlurmRequeue", "newest_checkpoint",
+           "requeued_checkpoint"]
 
 # what sbatch --signal sends (conf/hydra/launcher/slurm.yaml); Lightning's default as well
 REQUEUE_SIGNAL = signal.SIGUSR1
@@ -52,12 +53,22 @@ def requeued_checkpoint(trainer: pl.Trainer) -> str | None:
     """The checkpoint a requeued SLURM job resumes from; None on a first start.
 
     The newest of what the job left in its own run directory: hpc_ckpt_<n>.ckpt from a requeue
-    signal, or the last.ckpt of an epoch end (a preemption by SIGTERM alone saves nothing).
-    Lightning would resume from the highest hpc_ckpt only, even where a later epoch's last.ckpt
-    supersedes it, and never from last.ckpt; an explicit ckpt_path (resume another run) is older
-    than both."""
+    signal, or last.ckpt (of an epoch end, or of the step where the guard callback stopped the
+    job at SIGTERM). Lightning would resume from the highest hpc_ckpt only, even where a later
+    last.ckpt supersedes it, and never from last.ckpt; an explicit ckpt_path (resume another
+    run) is older than both."""
     if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) == 0:
         return None
+    newest = newest_checkpoint(trainer)
+    if newest is not None:
+        rank_zero_info(f"requeued SLURM job (restart {os.environ['SLURM_RESTART_COUNT']}): "
+                       f"resuming from {newest}")
+    return newest
+
+
+def newest_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The newest resumable checkpoint in the trainer's run directory (hpc_ckpt_<n>.ckpt or the
+    checkpoint callback's last.ckpt), or None when there is none yet."""
     found = list(_hpc_checkpoints(Path(trainer.default_root_dir)).values())
     for cb in trainer.checkpoint_callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath:
@@ -65,10 +76,7 @@ def requeued_checkpoint(trainer: pl.Trainer) -> str | None:
     found = [p for p in found if p.is_file()]
     if not found:
         return None
-    newest = max(found, key=lambda p: p.stat().st_mtime_ns)
-    rank_zero_info(f"requeued SLURM job (restart {os.environ['SLURM_RESTART_COUNT']}): "
-                   f"resuming from {newest}")
-    return str(newest)
+    return str(max(found, key=lambda p: p.stat().st_mtime_ns))
 
 
 class SlurmRequeue(Callback):

@@ -1,0 +1,9 @@
+"""Export a checkpoint: `python src/export.py ckpt_path=logs/.../best.ckpt format=onnx`.
+
+`format=onnx` or `format=torchscript`; dynamic batch axis, normalisation inside (see README).
+"""
+
+from classicnets.cli import export_main
+
+if __name__ == "__main__":
+    export_main()
