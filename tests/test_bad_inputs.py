@@ -118,7 +118,7 @@ def test_data_that_does_not_fit_the_network(make_cfg: MakeCfg, override: str, me
 
 # ------------------------------------------------------------------ the config
 @pytest.mark.parametrize(("overrides", "valid", "close"), [
-    (["data.batch_sise=32"], "augment, batch_size, download", "batch_size"),
+    (["data.batch_sise=32"], "augment, batch_size, distortion, download", "batch_size"),
     (["model=resnet20", "model.num_clases=3"], "in_channels, input_size, name, num_classes",
      "num_classes"),
     (["module.nan_polcy=skip"], "label_smoothing, nan_policy", "nan_policy"),

@@ -146,17 +146,22 @@ def test_signal_mid_epoch_then_resume_in_place_equals_the_uninterrupted_run(
             p.name for p in (ref / "checkpoints").iterdir())
 
 
-def test_last_ckpt_is_the_newest_epoch_and_best_is_kept(make_cfg: MakeCfg) -> None:
-    # lr 0: val/acc never improves after epoch 0, so only epoch 0 is ever the best
+@pytest.mark.parametrize(("newer_wins_ties", "best"), [(False, 0), (True, 2)])
+def test_last_ckpt_is_the_newest_epoch_and_best_is_kept(
+    make_cfg: MakeCfg, newer_wins_ties: bool, best: int
+) -> None:
+    # lr 0: val/acc is the same every epoch; ModelCheckpoint keeps epoch 0 as the best, ours by
+    # default lets each later equal epoch take its place (only one best file either way)
     cfg = make_cfg("data=synthetic", "data.num_samples=128", "data.batch_size=32",
-                   "trainer.max_epochs=3", "optimizer.lr=0.0", "test=false", *QUIET)
+                   "trainer.max_epochs=3", "optimizer.lr=0.0", "test=false",
+                   f"callbacks.model_checkpoint.newer_wins_ties={newer_wins_ties}", *QUIET)
     train(cfg)
     ckpts = Path(cfg.paths.output_dir) / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in ckpts.iterdir()) == [f"epoch_{best:03d}.ckpt", "last.ckpt"]
     last = torch.load(ckpts / "last.ckpt", weights_only=False)
     assert last["epoch"] == 2 and last["global_step"] == 3 * 3
     (best_state,) = [v for k, v in last["callbacks"].items() if "val/acc" in k]
-    assert Path(best_state["best_model_path"]).name == "epoch_000.ckpt"
+    assert Path(best_state["best_model_path"]).name == f"epoch_{best:03d}.ckpt"
 
 
 def test_resume_in_place_keeps_the_logs_and_the_best_so_far(make_cfg: MakeCfg) -> None:

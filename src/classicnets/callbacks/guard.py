@@ -179,6 +179,11 @@ class TrainingGuard(Callback):
         """(signal number, training loss diverged), the same on every rank: one read-back."""
         flag = getattr(pl_module, "divergence_flag", None)
         diverged = flag() if callable(flag) else None
+        if trainer.world_size == 1:
+            # one process: the signal is already a Python int here, so only the flag is read
+            # back (on the CPU this runs every step: no tensors built around it)
+            self._checked_step = trainer.global_step
+            return self._signum, diverged is not None and bool(diverged)
         if diverged is None:
             diverged = torch.zeros((), device=pl_module.device)
         both = torch.stack([torch.tensor(float(self._signum), device=diverged.device),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +12,22 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import default_loader
 
 from classicnets.data.catalogue import ArrayData, DatasetError, DatasetSpec, get_spec
+from classicnets.data.decode import (
+    DECODERS,
+    BatchNormalize,
+    FinishingLoader,
+    NormalizingCollate,
+    read_rgb,
+    uint8_folder_transform,
+)
 from classicnets.data.fast import DeviceLoader, pair_to_device
 from classicnets.data.transforms import (
+    RECIPES,
     BatchTransform,
+    Distortion,
     EvalTransform,
     eval_resize,
     folder_transform,
@@ -93,6 +104,12 @@ class ImageDataModule(L.LightningDataModule):
     ``loader``: ``fast`` keeps in-memory datasets on the training device and augments whole
     batches there; ``torch`` is the ordinary per-image DataLoader; ``auto`` (default) picks
     ``fast`` for in-memory datasets and ``torch`` for folder datasets.
+    ``decoder`` (folder datasets): ``torchvision`` decodes with ``torchvision.io`` and augments
+    uint8 tensors in the workers, then normalises whole batches on the training device (in
+    the workers when that is the CPU; :mod:`classicnets.data.decode`); ``pil`` is the ordinary
+    per-image PIL path; ``auto`` (default) is ``torchvision``.
+    ``augment``: true = the dataset's standard recipe, false = none, or a recipe name for
+    in-memory data (``distort``: random affine distortions shaped by ``distortion``).
     The train/val split is drawn from ``seed`` so it is the same on every rank and every run.
     """
 
@@ -112,8 +129,10 @@ class ImageDataModule(L.LightningDataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         resize_size: int | None = None,
-        augment: bool = True,
+        augment: bool | str = True,
+        distortion: Mapping[str, Any] | None = None,
         loader: str = "auto",
+        decoder: str = "auto",
         download: bool = False,
         seed: int = 42,
         num_samples: int = 512,
@@ -124,6 +143,9 @@ class ImageDataModule(L.LightningDataModule):
         # plain floats in the hyperparameters: a checkpoint must not hold OmegaConf lists
         mean = None if mean is None else [float(m) for m in mean]
         std = None if std is None else [float(s) for s in std]
+        if distortion is not None:
+            distortion = {k: [float(x) for x in v] if k == "scale" else v
+                          for k, v in distortion.items()}
         super().__init__()
         self.save_hyperparameters(logger=False)  # the run logs the full config itself
         self.spec: DatasetSpec = get_spec(name)
@@ -133,6 +155,14 @@ class ImageDataModule(L.LightningDataModule):
         if loader == "fast" and not spec.in_memory:
             raise DatasetError(f"data.loader=fast needs an in-memory dataset; {name} is read from "
                                "image files: use data.loader=torch (or auto)")
+        if decoder not in DECODERS:
+            raise DatasetError(f"data.decoder={decoder!r} is not one of {', '.join(DECODERS)}")
+        if decoder != "auto" and spec.in_memory:
+            raise DatasetError(f"data.decoder={decoder} applies to image folders; {name} is held "
+                               "in memory: remove the override (or use data.decoder=auto)")
+        # the image-file decoder of folder datasets (None: in memory, nothing to decode)
+        self.decoder = None if spec.in_memory else ("torchvision" if decoder == "auto"
+                                                    else decoder)
         if not 0.0 <= val_fraction < 1.0:
             raise DatasetError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         if batch_size < 1:
@@ -145,6 +175,15 @@ class ImageDataModule(L.LightningDataModule):
         if name == "imagefolder" and path is None:
             raise DatasetError("data=imagefolder needs data.path=/path/to/images "
                                f"(layout: {spec.layout})")
+        # true: the dataset's standard recipe; false: none; a name: that in-memory recipe
+        if isinstance(augment, str) and (augment not in RECIPES or not spec.in_memory):
+            raise DatasetError(f"data.augment={augment!r}: use true, false or one of "
+                               f"{', '.join(RECIPES)} (named recipes: in-memory datasets only)")
+        self.recipe = augment if isinstance(augment, str) else spec.recipe if augment else "none"
+        try:
+            self.distortion = Distortion.from_config(distortion)
+        except (TypeError, ValueError) as err:
+            raise DatasetError(str(err)) from None
         self.num_classes = int(num_classes or spec.num_classes)  # type: ignore[arg-type]
         self.in_channels = int(in_channels or spec.in_channels)
         if self.in_channels not in (1, 3):
@@ -277,11 +316,15 @@ class ImageDataModule(L.LightningDataModule):
             )
 
         def folder(split_dir: Path, train: bool) -> ImageFolder:
-            tf = folder_transform(train=train and self.hparams.augment,
-                                  image_size=self.image_size, in_channels=self.in_channels,
-                                  mean=self.mean, std=self.std, resize_size=self.resize_size)
+            geometry = dict(train=train and self.hparams.augment, image_size=self.image_size,
+                            in_channels=self.in_channels, resize_size=self.resize_size)
+            if self.decoder == "torchvision":  # uint8 out; normalised per batch (_loader)
+                tf, read = uint8_folder_transform(**geometry), read_rgb
+            else:
+                tf = folder_transform(**geometry, mean=self.mean, std=self.std)
+                read = default_loader
             try:
-                return CheckedImageFolder(str(split_dir), transform=tf)
+                return CheckedImageFolder(str(split_dir), transform=tf, loader=read)
             except (FileNotFoundError, RuntimeError) as err:
                 fix = (" Add images to the empty class folders or remove them (data.num_classes "
                        "counts the class folders)." if "no valid file" in str(err) else "")
@@ -339,7 +382,10 @@ class ImageDataModule(L.LightningDataModule):
         local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1)
-        return max(0, min(8, cpus // local - 1))
+        # image files are decoded in the workers: every core but the main process's is busy;
+        # in-memory data needs few (beyond 8 the workers only add start-up time)
+        cap = 8 if self.spec.in_memory else cpus
+        return max(0, min(cap, cpus // local - 1))
 
     def _loader(self, data: Any, train: bool) -> DataLoader | DeviceLoader:
         bs = self.per_device_batch_size if train else (
@@ -348,26 +394,34 @@ class ImageDataModule(L.LightningDataModule):
         # a last batch of one sample breaks BatchNorm; drop it only when a full batch exists
         drop_last = train and n_local > bs
         if self.loader == "fast":
-            tf = BatchTransform(self.spec.recipe, train=train and self.hparams.augment,
+            tf = BatchTransform(self.recipe, train=train,
                                 native_size=data.images.shape[-1], image_size=self.image_size,
                                 mean=self.mean, std=self.std,
-                                channels_last=self.hparams.channels_last)
+                                channels_last=self.hparams.channels_last,
+                                distortion=self.distortion)
             return DeviceLoader(data, batch_size=bs, transform=tf, device=self._device(),
                                 shuffle=train, drop_last=drop_last, seed=self.hparams.seed,
                                 rank=self._replica()[1], world_size=self.world_size)
         if isinstance(data, ArrayData):
             data = ArrayDataset(data, sample_transform(
-                self.spec.recipe, train=train and self.hparams.augment,
+                self.recipe, train=train,
                 native_size=data.images.shape[-1], image_size=self.image_size,
-                mean=self.mean, std=self.std))
+                mean=self.mean, std=self.std, distortion=self.distortion))
         workers = self._num_workers()
         pin = self.hparams.pin_memory
-        return DataLoader(
-            data, batch_size=bs, shuffle=train, drop_last=drop_last, num_workers=workers,
+        kwargs: dict[str, Any] = dict(
+            batch_size=bs, shuffle=train, drop_last=drop_last, num_workers=workers,
             pin_memory=torch.cuda.is_available() if pin is None else pin,
             persistent_workers=workers > 0 and self.hparams.persistent_workers,
             generator=torch.Generator().manual_seed(self.hparams.seed) if train else None,
         )
+        if self.decoder == "torchvision":  # uint8 samples, normalised per batch
+            finish = BatchNormalize(self.mean, self.std, channels_last=self.hparams.channels_last)
+            device = self._device()
+            if device.type == "cpu":  # the main process trains: the workers normalise
+                return DataLoader(data, collate_fn=NormalizingCollate(finish), **kwargs)
+            return FinishingLoader(data, finish=finish, device=device, **kwargs)
+        return DataLoader(data, **kwargs)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device,
                                  dataloader_idx: int) -> Any:

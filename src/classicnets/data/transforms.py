@@ -5,9 +5,12 @@
 * per batch on the training device (:class:`BatchTransform`): the fast path for in-memory data.
 
 Recipes: ``crop_flip`` = zero-pad by 1/8 of the side (4 px at 32) then a uniformly random crop
-back to the native size, and a horizontal flip with probability 1/2; ``none``; ``imagenet`` =
+back to the native size, and a horizontal flip with probability 1/2; ``distort`` = a small random
+affine distortion (:class:`Distortion`: rotation, shift, scale, horizontal shear; never a flip),
+the distortions LeCun et al. (1998) trained LeNet-5 with; ``none``; ``imagenet`` =
 random-resized-crop + flip for training, resize to 256/224 of the size + centre crop for eval.
-In-memory images are augmented at their native size and then resized to ``image_size``.
+In-memory images are cropped/flipped at their native size and then resized to ``image_size``;
+distortions are applied after the resize, so an 8-px digit is resampled at the network's 32 px.
 """
 
 from __future__ import annotations
@@ -22,13 +25,64 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 __all__ = [
+    "RECIPES",
     "BatchTransform",
+    "Distortion",
     "EvalTransform",
     "crop_padding",
     "eval_resize",
     "folder_transform",
+    "folder_uint8_ops",
     "sample_transform",
 ]
+
+
+# augmentation recipes of in-memory datasets (``imagenet`` is the folder datasets' own)
+RECIPES = ("none", "crop_flip", "distort")
+
+
+@dataclass(frozen=True)
+class Distortion:
+    """The ``distort`` recipe's random affine map, drawn per image as torchvision's
+    ``RandomAffine`` draws it: an angle uniform in ±``degrees``, a shift of each axis uniform in
+    ±``translate`` × side rounded to whole pixels, a scale uniform in ``scale``, a horizontal
+    shear angle uniform in ±``shear`` degrees; about the image centre, bilinear, zero fill.
+
+    LeCun et al. (1998, §III.C) trained LeNet-5 on such distortions (translations, scaling,
+    squeezing, horizontal shearing); no reflection is possible — a mirrored digit is another
+    symbol or none.
+    """
+
+    degrees: float = 10.0
+    translate: float = 0.1
+    scale: tuple[float, float] = (0.9, 1.1)
+    shear: float = 10.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", tuple(map(float, self.scale)))
+        if not (0 <= self.degrees < 90 and 0 <= self.shear < 90 and 0 <= self.translate <= 1):
+            raise ValueError(f"distortion needs 0 <= degrees, shear < 90 and 0 <= translate "
+                             f"<= 1, got {self}")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"distortion.scale must be [low, high] with 0 < low <= high, "
+                             f"got {list(self.scale)}")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | Distortion | None) -> Distortion:
+        """From ``data.distortion`` (missing keys: the defaults)."""
+        if cfg is None or isinstance(cfg, Distortion):
+            return cfg or cls()
+        unknown = set(cfg) - {"degrees", "translate", "scale", "shear"}
+        if unknown:
+            raise ValueError(f"unknown data.distortion keys {sorted(unknown)}; known: "
+                             "degrees, translate, scale, shear")
+        return cls(**{k: (tuple(v) if k == "scale" else float(v)) for k, v in cfg.items()})
+
+    def torchvision(self) -> v2.RandomAffine:
+        """The per-image form (for float images; fill 0 is black before normalisation)."""
+        return v2.RandomAffine(self.degrees, translate=(self.translate, self.translate),
+                               scale=self.scale, shear=self.shear,
+                               interpolation=v2.InterpolationMode.BILINEAR, fill=0)
 
 
 def crop_padding(native_size: int) -> int:
@@ -37,7 +91,8 @@ def crop_padding(native_size: int) -> int:
 
 
 def sample_transform(recipe: str, *, train: bool, native_size: int, image_size: int,
-                     mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+                     mean: Sequence[float], std: Sequence[float],
+                     distortion: Distortion | None = None) -> v2.Compose:
     """Per-image transform for a uint8 ``(C, H, W)`` tensor from an in-memory dataset."""
     ops: list[torch.nn.Module] = []
     if train and recipe == "crop_flip":
@@ -46,6 +101,8 @@ def sample_transform(recipe: str, *, train: bool, native_size: int, image_size: 
     ops.append(v2.ToDtype(torch.float32, scale=True))
     if image_size != native_size:
         ops.append(v2.Resize(image_size, antialias=True))
+    if train and recipe == "distort":
+        ops.append((distortion or Distortion()).torchvision())
     ops.append(v2.Normalize(list(mean), list(std)))
     return v2.Compose(ops)
 
@@ -61,16 +118,24 @@ def folder_transform(*, train: bool, image_size: int, in_channels: int,
                      resize_size: int | None = None) -> v2.Compose:
     """ImageNet-style transform for PIL images read from a folder tree (evaluation: resize
     the shorter side to ``resize_size``, default :func:`eval_resize`, then centre-crop)."""
-    ops: list[torch.nn.Module] = [v2.ToImage()]
-    if in_channels == 1:
-        ops.append(v2.Grayscale(1))
+    ops = [v2.ToImage(), *folder_uint8_ops(train=train, image_size=image_size,
+                                           in_channels=in_channels, resize_size=resize_size)]
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(ops)
+
+
+def folder_uint8_ops(*, train: bool, image_size: int, in_channels: int,
+                     resize_size: int | None = None) -> list[torch.nn.Module]:
+    """The geometric part of :func:`folder_transform` on a uint8 ``(3, H, W)`` image, without
+    float conversion and normalisation: shared by the PIL path and the torchvision-decoder
+    path (:mod:`classicnets.data.decode`), which normalises whole batches later."""
+    ops: list[torch.nn.Module] = [v2.Grayscale(1)] if in_channels == 1 else []
     if train:
         ops += [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
     else:
         ops += [v2.Resize(resize_size or eval_resize(image_size), antialias=True),
                 v2.CenterCrop(image_size)]
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(ops)
+    return ops
 
 
 @dataclass(frozen=True)
@@ -133,13 +198,18 @@ class BatchTransform:
     """The in-memory recipes applied to a whole uint8 batch on its own device.
 
     Crop offsets are drawn uniformly from ``[0, 2·pad]`` per image and per axis and flips with
-    probability 1/2, exactly the distribution of :func:`sample_transform`.
+    probability 1/2, and distortions as :class:`Distortion` says — exactly the distributions
+    of :func:`sample_transform` — from the caller's generator, one draw per image.
     """
 
     def __init__(self, recipe: str, *, train: bool, native_size: int, image_size: int,
                  mean: Sequence[float], std: Sequence[float],
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, distortion: Distortion | None = None) -> None:
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown augmentation recipe {recipe!r}; known: "
+                             f"{', '.join(RECIPES)}")
         self.augment = train and recipe == "crop_flip"
+        self.distortion = (distortion or Distortion()) if train and recipe == "distort" else None
         self.native_size, self.image_size = native_size, image_size
         self.pad = crop_padding(native_size)
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
@@ -160,6 +230,8 @@ class BatchTransform:
         touching images: a resumed epoch then draws what the uninterrupted one drew."""
         if self.augment:
             self._draw(batch_size, generator.device, generator)
+        if self.distortion is not None:
+            self._draw_affine(batch_size, generator.device, generator)
 
     def random_crop_flip(self, x: Tensor, generator: torch.Generator) -> Tensor:
         b, c, h, w = x.shape
@@ -175,12 +247,53 @@ class BatchTransform:
         index = (rows * wp + cols).view(b, 1, h * w).expand(b, c, h * w)
         return padded.gather(2, index).view(b, c, h, w)
 
+    def _draw_affine(self, b: int, device: torch.device, generator: torch.Generator) -> Tensor:
+        """A batch's inverse affine maps ``(b, 2, 3)`` in ``affine_grid``'s normalised units.
+
+        Built as torchvision's ``_get_inverse_affine_matrix`` builds it (centre at the origin),
+        so each image gets the map ``RandomAffine`` would give it for the same angle, shift,
+        scale and shear.
+        """
+        d, size = self.distortion, self.image_size
+        assert d is not None
+        u = torch.rand(b, 5, device=device, generator=generator, dtype=torch.float64)
+        rot = torch.deg2rad((2 * u[:, 0] - 1) * d.degrees)
+        max_shift = d.translate * size
+        # whole pixels, rounded half to even as Python's round() in RandomAffine
+        tx = torch.round((2 * u[:, 1] - 1) * max_shift)
+        ty = torch.round((2 * u[:, 2] - 1) * max_shift)
+        scale = d.scale[0] + u[:, 3] * (d.scale[1] - d.scale[0])
+        sx = torch.deg2rad((2 * u[:, 4] - 1) * d.shear)
+        # rotation × horizontal shear (determinant 1), inverted, then divided by the scale
+        a, b_ = torch.cos(rot), -torch.cos(rot) * torch.tan(sx) - torch.sin(rot)
+        c, d_ = torch.sin(rot), -torch.sin(rot) * torch.tan(sx) + torch.cos(rot)
+        inv = torch.stack([torch.stack([d_, -b_], -1), torch.stack([-c, a], -1)], -2)
+        inv = inv / scale.view(-1, 1, 1)
+        shift = -(inv @ torch.stack([tx, ty], -1).unsqueeze(-1))  # pixels
+        # pixel offsets from the centre → [-1, 1] units (align_corners=False: half a side)
+        theta = torch.cat([inv, shift / (size / 2)], -1)
+        return theta.float()
+
+    def random_affine(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Float images (0 = black) resampled through each one's random affine map."""
+        theta = self._draw_affine(len(x), x.device, generator)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
+                             align_corners=False)
+
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if (self.augment or self.distortion is not None) and generator is None:
+            raise ValueError("training augmentation needs a generator for reproducibility")
         if self.augment:
-            if generator is None:
-                raise ValueError("training augmentation needs a generator for reproducibility")
             x = self.random_crop_flip(x, generator)
-        if self.image_size != self.native_size:
+        if self.distortion is not None:
+            x = x.float().div_(255.0)
+            if self.image_size != self.native_size:
+                x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                                  antialias=True, align_corners=False)
+            x = self.random_affine(x, generator)
+            x = x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
+        elif self.image_size != self.native_size:
             x = F.interpolate(x.float().div_(255.0), size=(self.image_size, self.image_size),
                               mode="bilinear", antialias=True, align_corners=False)
             x = x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))

@@ -1,0 +1,187 @@
+"""Section ``data``: the fast on-device loader vs the ordinary DataLoader.
+
+Images/s each data path of :class:`ImageDataModule` delivers (``loader=fast`` vs
+``loader=torch``, batches moved to the device), and (``data.train``) training images/s of the
+plain loop fed by each.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from classicnets.benchmark.device import Bench
+from classicnets.benchmark.measure import alternate, summarise
+from classicnets.benchmark.report import Row, SectionReport, fmt, paired_fields, table, verdict
+from classicnets.benchmark.sections.common import (
+    Context,
+    TrainLoop,
+    datamodule,
+    param_count,
+    quiet_lightning,
+)
+
+__all__ = ["measure"]
+
+TITLE = "Data paths: fast (on-device) vs torch (DataLoader)"
+PATHS = ("fast", "torch")
+
+
+def _device_batches(loader: Any, bench: Bench) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches on the device in the network's memory format, epoch after epoch."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for x, y in loader:
+            if x.device != bench.device:
+                x = x.to(bench.device, non_blocking=True)
+                y = y.to(bench.device, non_blocking=True)
+            if bench.channels_last and not x.is_contiguous(memory_format=torch.channels_last):
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
+        epoch += 1
+
+
+def _prefetched(loader: Any) -> int:
+    """Batches a DataLoader's workers hold ready while another variant runs."""
+    workers = int(getattr(loader, "num_workers", 0) or 0)
+    return workers * int(getattr(loader, "prefetch_factor", 0) or 0) if workers else 0
+
+
+def _render(rows: list[Row], ctx: Context) -> list[str]:
+    s = ctx.settings
+    d = s.data
+    body = [
+        f"data={d.name}, {d.num_samples} samples, {d.image_size} px, crop+flip "
+        f"augmentation, batch {d.batch_size}; data only = iterate the training loader "
+        "(batches on the device); training = plain PyTorch loop on "
+        f"{s.template.model} fed by each loader",
+        "",
+    ]
+    body += table(
+        ["case", "path", "images/s", "ms/batch", "windows", "spread", "fast / torch", "note"],
+        [
+            [
+                r.case,
+                r.variant,
+                fmt(r.images_per_s, ",.0f"),
+                fmt(r.ms_per_step, ".2f"),
+                f"{r.windows} × {r.steps}",
+                fmt(r.spread_pct, ".1f") + " %",
+                (
+                    f"{fmt(r.ratio, '.2f')} [{fmt(r.ratio_low, '.2f')}, "
+                    f"{fmt(r.ratio_high, '.2f')}]"
+                )
+                if r.variant == "fast"
+                else "",
+                r.note,
+            ]
+            for r in rows
+        ],
+    )
+    fast = next(r for r in rows if r.case == "data only" and r.variant == "fast")
+    body += [
+        "",
+        f"**data only: fast / torch = {fast.ratio:.1f}×** (target ≥ 10×: "
+        f"{verdict(fast.ratio, 10.0)})",
+    ]
+    return body
+
+
+def measure(ctx: Context) -> SectionReport:
+    from classicnets.models import create_model
+
+    s, bench = ctx.settings, ctx.bench
+    d, t = s.data, s.template
+    rounds, warmup, window = int(d.rounds), int(d.warmup_steps), int(d.window_steps)
+    min_window_s = float(d.get("min_window_s") or 0.0)
+    bs, size = int(d.batch_size), int(d.image_size)
+    loaders: dict[str, Any] = {}
+    with quiet_lightning():
+        device_trainer = bench.trainer()  # the DataModule asks its trainer for the device
+        for path in PATHS:
+            dm = datamodule(
+                bench,
+                ctx.data_root,
+                ctx.seed,
+                name=str(d.name),
+                loader=path,
+                num_samples=int(d.num_samples),
+                batch_size=bs,
+                image_size=size,
+                num_workers=d.get("num_workers"),
+            )
+            dm.trainer = device_trainer
+            dm.setup("fit")
+            loaders[path] = dm.train_dataloader()
+    workers = int(getattr(loaders["torch"], "num_workers", 0))
+    # the ordinary loader's workers fill their prefetch queue during the other path's window:
+    # its warm-up drains that queue so its timed window sees only steady-state throughput
+    warm = {
+        p: max(warmup, _prefetched(loaders[p]) + 1 if _prefetched(loaders[p]) else 0) for p in PATHS
+    }
+    streams = {p: _device_batches(loaders[p], bench) for p in PATHS}
+
+    def fetch(it: Iterator[Any]) -> Callable[[], None]:
+        return lambda: next(it)  # type: ignore[return-value]
+
+    timing: dict[str, Any] = {
+        "rounds": rounds,
+        "warmup": warm,
+        "window": window,
+        "min_window_s": min_window_s,
+        "sync": bench.sync,
+        "batch": bs,
+    }
+    windows = alternate({p: fetch(streams[p]) for p in PATHS}, label="data", **timing)
+    common = {"section": "data", "batch_size": bs, "image_size": size, "precision": ""}
+    note = {
+        "fast": "on-device batches, batched crop+flip",
+        "torch": f"DataLoader, {workers} worker(s), per-image transforms"
+        + (", to device" if bench.cuda else ""),
+    }
+    rows = [
+        Row(
+            case="data only",
+            variant=p,
+            note=note[p],
+            **common,
+            **summarise(windows[p], bs),
+            **paired_fields(windows[p], windows["torch"]),
+        )
+        for p in PATHS
+    ]
+
+    if d.get("train", True):
+        net = create_model(t.model, num_classes=10, in_channels=3, input_size=size)
+        params = param_count(net)
+        loops = {
+            p: TrainLoop(
+                bench.place(copy.deepcopy(net)),
+                streams[p],
+                bench,
+                lr=float(t.lr),
+                momentum=float(t.momentum),
+                weight_decay=float(t.weight_decay),
+            )
+            for p in PATHS
+        }
+        train = alternate({p: loops[p].step for p in PATHS}, label="data/training", **timing)
+        rows += [
+            Row(
+                case="training (plain loop)",
+                variant=p,
+                model=str(t.model),
+                params=params,
+                note=note[p],
+                **{**common, "precision": bench.precision},
+                **summarise(train[p], bs),
+                **paired_fields(train[p], train["torch"]),
+            )
+            for p in PATHS
+        ]
+    return SectionReport(rows, TITLE, _render(rows, ctx))
