@@ -1,4 +1,5 @@
-"""Console scripts (`classicnets-train`, `-eval`, `-benchmark`, `-predict`, `-export`)."""
+"""Console scripts (`classicnets-train`, `-eval`, `-benchmark`, `-predict`, `-export`,
+`-report`, `-visualize`)."""
 
 from __future__ import annotations
 
@@ -79,10 +80,24 @@ def _export(cfg: DictConfig) -> None:
     export(cfg)
 
 
+def _visualize(cfg: DictConfig) -> None:
+    from classicnets.analysis.visualize import visualize
+
+    visualize(cfg)
+
+
+def _report(cfg: DictConfig) -> None:
+    from classicnets.report import run_report
+
+    run_report(cfg)
+
+
 train_main = _hydra_entry("train", _train)
 eval_main = _hydra_entry("eval", _eval)
 benchmark_main = _hydra_entry("benchmark", _benchmark)
 predict_main = _hydra_entry("predict", _predict)
 export_main = _hydra_entry("export", _export)
+report_main = _hydra_entry("report", _report)
+visualize_main = _hydra_entry("visualize", _visualize)
 __all__ = ["CONFIG_DIR", "benchmark_main", "eval_main", "export_main", "predict_main",
-           "train_main"]
+           "report_main", "train_main", "visualize_main"]

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from classicnets.models.layers import LocalResponseNorm
-from classicnets.models.registry import register_model, require_min_size
+from classicnets.models.registry import PaperResult, register_model, require_min_size
 
 __all__ = ["AlexNet", "TowerLRN", "conv_out_size", "pool_out_size"]
 
@@ -228,7 +228,10 @@ class AlexNet(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-@register_model(paper=_PAPER, year=2012, num_classes=1000, in_channels=3, input_size=227)
+@register_model(
+    paper=_PAPER, year=2012, num_classes=1000, in_channels=3, input_size=227,
+    result=PaperResult(59.3, "ImageNet", "Table 2: 40.7 % top-1 error, 1 CNN"),
+)
 def alexnet(
     *,
     num_classes: int = 1000,
@@ -261,7 +264,10 @@ def alexnet(
     )
 
 
-@register_model(paper=_OWT_PAPER, year=2014, num_classes=1000, in_channels=3, input_size=224)
+@register_model(
+    paper=_OWT_PAPER, year=2014, num_classes=1000, in_channels=3, input_size=224,
+    result=PaperResult(None, "ImageNet", "no single-network top-1 figure recorded"),
+)
 def alexnet_owt(
     *,
     num_classes: int = 1000,

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from classicnets.models.registry import register_model, require_min_size
+from classicnets.models.registry import PaperResult, register_model, require_min_size
 
 __all__ = [
     "SMALL_INPUT_BELOW",
@@ -286,7 +286,10 @@ class BoTNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.forward_features(x)), 1))
 
 
-@register_model(paper=_PAPER, year=2021, num_classes=1000, in_channels=3, input_size=224)
+@register_model(
+    paper=_PAPER, year=2021, num_classes=1000, in_channels=3, input_size=224,
+    result=PaperResult(None, "ImageNet", "not recorded (paper's ImageNet runs vary recipes)"),
+)
 def botnet50(
     *,
     num_classes: int = 1000,

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from classicnets.models.layers import ConvNormAct
-from classicnets.models.registry import register_model, require_min_size
+from classicnets.models.registry import PaperResult, register_model, require_min_size
 
 __all__ = ["BNInception", "BNInceptionModule", "bn_inception"]
 
@@ -164,6 +164,7 @@ class BNInception(nn.Module):
     num_classes=1000,
     in_channels=3,
     input_size=224,
+    result=PaperResult(74.8, "ImageNet", "Table 3: 25.2 % top-1 error, single crop"),
 )
 def bn_inception(
     *,

@@ -12,7 +12,7 @@ from functools import partial
 from torch import nn
 
 from classicnets.models.layers import CBAM, SpatialAttention
-from classicnets.models.registry import register_model
+from classicnets.models.registry import PaperResult, register_model
 from classicnets.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -83,7 +83,10 @@ def _cbam_net(
     )
 
 
-@register_model(paper=WOO_2018, year=2018)
+@register_model(
+    paper=WOO_2018, year=2018,
+    result=PaperResult(70.73, "ImageNet", "Table 4: 29.27 % top-1 error"),
+)
 def cbam_resnet18(
     *,
     num_classes: int = 1000,
@@ -118,7 +121,10 @@ def cbam_resnet18(
     )
 
 
-@register_model(paper=WOO_2018, year=2018)
+@register_model(
+    paper=WOO_2018, year=2018,
+    result=PaperResult(74.01, "ImageNet", "Table 4: 25.99 % top-1 error"),
+)
 def cbam_resnet34(
     *,
     num_classes: int = 1000,
@@ -149,7 +155,10 @@ def cbam_resnet34(
     )
 
 
-@register_model(paper=WOO_2018, year=2018)
+@register_model(
+    paper=WOO_2018, year=2018,
+    result=PaperResult(77.34, "ImageNet", "Table 4: 22.66 % top-1 error"),
+)
 def cbam_resnet50(
     *,
     num_classes: int = 1000,
@@ -183,7 +192,10 @@ def cbam_resnet50(
     )
 
 
-@register_model(paper=WOO_2018, year=2018)
+@register_model(
+    paper=WOO_2018, year=2018,
+    result=PaperResult(78.49, "ImageNet", "Table 4: 21.51 % top-1 error"),
+)
 def cbam_resnet101(
     *,
     num_classes: int = 1000,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from classicnets.models.registry import register_model, require_min_size
+from classicnets.models.registry import PaperResult, register_model, require_min_size
 
 __all__ = ["DenseBlock", "DenseLayer", "DenseNet", "Transition"]
 
@@ -284,7 +284,10 @@ def _cifar_densenet_bc(
     )
 
 
-@register_model(paper=_PAPER, year=2017)
+@register_model(
+    paper=_PAPER, year=2017,
+    result=PaperResult(74.98, "ImageNet", "Table 3: 25.02 % top-1 error, single crop"),
+)
 def densenet121(
     *,
     num_classes: int = 1000,
@@ -320,7 +323,10 @@ def densenet121(
     )
 
 
-@register_model(paper=_PAPER, year=2017)
+@register_model(
+    paper=_PAPER, year=2017,
+    result=PaperResult(76.2, "ImageNet", "Table 3: 23.80 % top-1 error, single crop"),
+)
 def densenet169(
     *,
     num_classes: int = 1000,
@@ -352,7 +358,10 @@ def densenet169(
     )
 
 
-@register_model(paper=_PAPER, year=2017)
+@register_model(
+    paper=_PAPER, year=2017,
+    result=PaperResult(77.42, "ImageNet", "Table 3: 22.58 % top-1 error, single crop"),
+)
 def densenet201(
     *,
     num_classes: int = 1000,
@@ -384,7 +393,10 @@ def densenet201(
     )
 
 
-@register_model(paper=_PAPER, year=2017)
+@register_model(
+    paper=_PAPER, year=2017,
+    result=PaperResult(None, "ImageNet", "not in Table 3 (k=48 net released with code)"),
+)
 def densenet161(
     *,
     num_classes: int = 1000,
@@ -416,7 +428,10 @@ def densenet161(
     )
 
 
-@register_model(paper=_PAPER, year=2017, num_classes=10, input_size=32)
+@register_model(
+    paper=_PAPER, year=2017, num_classes=10, input_size=32,
+    result=PaperResult(95.49, "CIFAR-10", "Table 2: 4.51 % error (C10+)"),
+)
 def densenet_bc_100_k12(
     *,
     num_classes: int = 10,
@@ -448,7 +463,10 @@ def densenet_bc_100_k12(
     )
 
 
-@register_model(paper=_PAPER, year=2017, num_classes=10, input_size=32)
+@register_model(
+    paper=_PAPER, year=2017, num_classes=10, input_size=32,
+    result=PaperResult(96.38, "CIFAR-10", "Table 2: 3.62 % error (C10+)"),
+)
 def densenet_bc_250_k24(
     *,
     num_classes: int = 10,
@@ -478,7 +496,10 @@ def densenet_bc_250_k24(
     )
 
 
-@register_model(paper=_PAPER, year=2017, num_classes=10, input_size=32)
+@register_model(
+    paper=_PAPER, year=2017, num_classes=10, input_size=32,
+    result=PaperResult(96.54, "CIFAR-10", "Table 2: 3.46 % error (C10+)"),
+)
 def densenet_bc_190_k40(
     *,
     num_classes: int = 10,

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from classicnets.models.layers import ClassifierOutput, ConvNormAct
-from classicnets.models.registry import register_model, require_min_size
+from classicnets.models.registry import PaperResult, register_model, require_min_size
 
 __all__ = ["InceptionV3", "inception_v3"]
 
@@ -267,6 +267,7 @@ class InceptionV3(nn.Module):
     num_classes=1000,
     in_channels=3,
     input_size=299,
+    result=PaperResult(78.8, "ImageNet", "Table 3: 21.2 % top-1 error, single crop"),
 )
 def inception_v3(
     *,

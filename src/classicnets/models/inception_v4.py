@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from classicnets.models.layers import ConvNormAct, init_weights
-from classicnets.models.registry import register_model, require_min_size
+from classicnets.models.registry import PaperResult, register_model, require_min_size
 
 __all__ = [
     "InceptionResNetV1",
@@ -487,7 +487,10 @@ class InceptionResNetV2(nn.Module):
 # ------------------------------------------------------------------------------- builders
 
 
-@register_model(paper=_PAPER, year=2017, num_classes=1000, in_channels=3, input_size=299)
+@register_model(
+    paper=_PAPER, year=2017, num_classes=1000, in_channels=3, input_size=299,
+    result=PaperResult(80.0, "ImageNet", "Table 2: 20.0 % top-1 error, single crop"),
+)
 def inception_v4(
     *,
     num_classes: int = 1000,
@@ -501,7 +504,10 @@ def inception_v4(
     return InceptionV4(num_classes, in_channels, input_size, dropout=dropout)
 
 
-@register_model(paper=_PAPER, year=2017, num_classes=1000, in_channels=3, input_size=299)
+@register_model(
+    paper=_PAPER, year=2017, num_classes=1000, in_channels=3, input_size=299,
+    result=PaperResult(78.7, "ImageNet", "Table 2: 21.3 % top-1 error, single crop"),
+)
 def inception_resnet_v1(
     *,
     num_classes: int = 1000,
@@ -522,7 +528,10 @@ def inception_resnet_v1(
     )
 
 
-@register_model(paper=_PAPER, year=2017, num_classes=1000, in_channels=3, input_size=299)
+@register_model(
+    paper=_PAPER, year=2017, num_classes=1000, in_channels=3, input_size=299,
+    result=PaperResult(80.1, "ImageNet", "Table 2: 19.9 % top-1 error, single crop"),
+)
 def inception_resnet_v2(
     *,
     num_classes: int = 1000,

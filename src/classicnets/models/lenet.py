@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from classicnets.models.registry import register_model
+from classicnets.models.registry import PaperResult, register_model
 
 __all__ = [
     "C3_TABLE",
@@ -319,7 +319,10 @@ class LeNet5(nn.Module):
         return self.output(self.features(self.pad(x)))
 
 
-@register_model(paper=_PAPER, year=1998, num_classes=10, in_channels=1, input_size=32)
+@register_model(
+    paper=_PAPER, year=1998, num_classes=10, in_channels=1, input_size=32,
+    result=PaperResult(99.05, "MNIST", "§III-C: 0.95 % test error, no distortions"),
+)
 def lenet5(
     *,
     num_classes: int = 10,

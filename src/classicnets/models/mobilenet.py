@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from classicnets.models.layers import ConvNormAct, SqueezeExcite, init_weights, make_divisible
-from classicnets.models.registry import register_model
+from classicnets.models.registry import PaperResult, register_model
 
 __all__ = [
     "SMALL_INPUT",
@@ -130,7 +130,10 @@ class MobileNetV1(nn.Module):
         return self.classifier(torch.flatten(self.pool(x), 1))
 
 
-@register_model(paper=_V1_PAPER, year=2017)
+@register_model(
+    paper=_V1_PAPER, year=2017,
+    result=PaperResult(70.6, "ImageNet", "Table 8: 1.0 MobileNet-224"),
+)
 def mobilenet_v1(
     *,
     num_classes: int = 1000,
@@ -239,7 +242,10 @@ class MobileNetV2(nn.Module):
         return self.classifier(self.dropout(torch.flatten(self.pool(x), 1)))
 
 
-@register_model(paper=_V2_PAPER, year=2018)
+@register_model(
+    paper=_V2_PAPER, year=2018,
+    result=PaperResult(72.0, "ImageNet", "Table 4: MobileNetV2 (1.0)"),
+)
 def mobilenet_v2(
     *,
     num_classes: int = 1000,
@@ -436,7 +442,10 @@ class MobileNetV3(nn.Module):
         return self.classifier(self.head(torch.flatten(self.pool(x), 1)))
 
 
-@register_model(paper=_V3_PAPER, year=2019)
+@register_model(
+    paper=_V3_PAPER, year=2019,
+    result=PaperResult(75.2, "ImageNet", "Table 3: Large 1.0"),
+)
 def mobilenet_v3_large(
     *,
     num_classes: int = 1000,
@@ -449,7 +458,10 @@ def mobilenet_v3_large(
     return MobileNetV3(_V3_LARGE, 1280, num_classes, in_channels, input_size, width_mult, dropout)
 
 
-@register_model(paper=_V3_PAPER, year=2019)
+@register_model(
+    paper=_V3_PAPER, year=2019,
+    result=PaperResult(67.4, "ImageNet", "Table 3: Small 1.0"),
+)
 def mobilenet_v3_small(
     *,
     num_classes: int = 1000,

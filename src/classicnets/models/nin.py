@@ -16,7 +16,7 @@ from typing import NamedTuple
 from torch import Tensor, nn
 
 from classicnets.models.alexnet import STEMS, conv_out_size, pool_out_size, smallest_input
-from classicnets.models.registry import register_model, require_min_size
+from classicnets.models.registry import PaperResult, register_model, require_min_size
 
 __all__ = ["MLPConv", "NiN", "NiNStage"]
 
@@ -150,7 +150,10 @@ _CIFAR = (
 )
 
 
-@register_model(paper=_PAPER, year=2014, num_classes=1000, in_channels=3, input_size=224)
+@register_model(
+    paper=_PAPER, year=2014, num_classes=1000, in_channels=3, input_size=224,
+    result=PaperResult(None, "ImageNet", "paper reports CIFAR/SVHN/MNIST only"),
+)
 def nin(
     *,
     num_classes: int = 1000,
@@ -178,7 +181,10 @@ def nin(
     return NiN(stages, num_classes, in_channels, dropout=dropout, final_relu=final_relu)
 
 
-@register_model(paper=_PAPER, year=2014, num_classes=10, in_channels=3, input_size=32)
+@register_model(
+    paper=_PAPER, year=2014, num_classes=10, in_channels=3, input_size=32,
+    result=PaperResult(91.19, "CIFAR-10", "Table 2: 8.81 % error, with augmentation"),
+)
 def nin_cifar(
     *,
     num_classes: int = 10,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from classicnets.models.layers import ConvNormAct
-from classicnets.models.registry import register_model
+from classicnets.models.registry import PaperResult, register_model
 from classicnets.models.resnet import (
     AttentionFactory,
     ResidualBlock,
@@ -184,7 +184,10 @@ def _imagenet_preact(
     )
 
 
-@register_model(paper=HE_2016_IDENTITY, year=2016, num_classes=10, input_size=32)
+@register_model(
+    paper=HE_2016_IDENTITY, year=2016, num_classes=10, input_size=32,
+    result=PaperResult(None, "CIFAR-10", "not in the paper (18-layer form)"),
+)
 def preact_resnet18(
     *,
     num_classes: int = 10,
@@ -214,7 +217,10 @@ def preact_resnet18(
     )
 
 
-@register_model(paper=HE_2016_IDENTITY, year=2016)
+@register_model(
+    paper=HE_2016_IDENTITY, year=2016,
+    result=PaperResult(None, "ImageNet", "not in the paper's ImageNet table"),
+)
 def preact_resnet50(
     *,
     num_classes: int = 1000,
@@ -245,7 +251,10 @@ def preact_resnet50(
     )
 
 
-@register_model(paper=HE_2016_IDENTITY, year=2016)
+@register_model(
+    paper=HE_2016_IDENTITY, year=2016,
+    result=PaperResult(None, "ImageNet", "not in the paper's ImageNet table"),
+)
 def preact_resnet101(
     *,
     num_classes: int = 1000,
@@ -273,7 +282,10 @@ def preact_resnet101(
     )
 
 
-@register_model(paper=HE_2016_IDENTITY, year=2016)
+@register_model(
+    paper=HE_2016_IDENTITY, year=2016,
+    result=PaperResult(None, "ImageNet", "not recorded (Table 5 tests 320-px crops)"),
+)
 def preact_resnet152(
     *,
     num_classes: int = 1000,
@@ -326,7 +338,10 @@ def _cifar_preact(
     )
 
 
-@register_model(paper=HE_2016_IDENTITY, year=2016, num_classes=10, input_size=32)
+@register_model(
+    paper=HE_2016_IDENTITY, year=2016, num_classes=10, input_size=32,
+    result=PaperResult(94.54, "CIFAR-10", "Table 4: 5.46 % error"),
+)
 def preact_resnet164(
     *,
     num_classes: int = 10,
@@ -352,7 +367,10 @@ def preact_resnet164(
     )
 
 
-@register_model(paper=HE_2016_IDENTITY, year=2016, num_classes=10, input_size=32)
+@register_model(
+    paper=HE_2016_IDENTITY, year=2016, num_classes=10, input_size=32,
+    result=PaperResult(95.08, "CIFAR-10", "Table 4: 4.92 % error"),
+)
 def preact_resnet1001(
     *,
     num_classes: int = 10,

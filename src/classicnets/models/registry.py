@@ -3,8 +3,8 @@
 Every builder is a function taking keyword-only ``num_classes``, ``in_channels`` and
 ``input_size`` (the side of the square input) plus its own options; calling it with no
 argument builds the paper's canonical configuration. The registry also records where each
-network comes from (paper, year) and its canonical input, which the README's model table and
-the tests read.
+network comes from (paper, year), its canonical input, and the accuracy its paper reports
+(:class:`PaperResult`), which the README's model table, the zoo report and the tests read.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from torch import nn
 __all__ = [
     "InputSizeError",
     "ModelInfo",
+    "PaperResult",
     "UnknownModelError",
     "create_model",
     "get_model_info",
@@ -41,6 +42,21 @@ class InputSizeError(ValueError):
 
 
 @dataclass(frozen=True)
+class PaperResult:
+    """The accuracy a network's paper reports, as printed there.
+
+    ``top1``: top-1 accuracy in percent (100 − the printed error), or None when the paper gives
+    no figure for this network (``source`` then says why); ``dataset``: what it was measured on
+    ("ImageNet" = ILSVRC-2012 validation unless ``source`` says otherwise, "CIFAR-10" = test
+    set with the standard augmentation, "MNIST"); ``source``: table and test setting.
+    """
+
+    top1: float | None
+    dataset: str
+    source: str
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What the registry knows about one builder."""
 
@@ -52,6 +68,7 @@ class ModelInfo:
     in_channels: int
     input_size: int
     family: str
+    result: PaperResult | None = None
 
     @property
     def canonical_kwargs(self) -> dict[str, int]:
@@ -74,11 +91,13 @@ def register_model(
     num_classes: int = 1000,
     in_channels: int = 3,
     input_size: int = 224,
+    result: PaperResult | None = None,
 ) -> Any:
     """Register a builder under ``name`` (default: the function's name).
 
     ``paper``/``year`` cite the source; ``num_classes``/``in_channels``/``input_size`` state the
-    canonical configuration whose parameter count the reference table gives.
+    canonical configuration whose parameter count the reference table gives; ``result`` is the
+    accuracy the paper reports for that configuration (None: not recorded).
     """
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -87,7 +106,7 @@ def register_model(
             raise ValueError(f"model {key!r} is registered twice")
         family = builder.__module__.rsplit(".", 1)[-1]
         _REGISTRY[key] = ModelInfo(
-            key, builder, paper, year, num_classes, in_channels, input_size, family
+            key, builder, paper, year, num_classes, in_channels, input_size, family, result
         )
         return builder
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from classicnets.models.layers import ConvNormAct, StochasticDepth
-from classicnets.models.registry import register_model
+from classicnets.models.registry import PaperResult, register_model
 
 __all__ = [
     "SMALL_INPUT_THRESHOLD",
@@ -434,7 +434,10 @@ def _cifar_resnet(
     )
 
 
-@register_model(paper=HE_2016, year=2016)
+@register_model(
+    paper=HE_2016, year=2016,
+    result=PaperResult(72.12, "ImageNet", "Table 2: 27.88 % top-1 error, 10-crop"),
+)
 def resnet18(
     *,
     num_classes: int = 1000,
@@ -464,7 +467,10 @@ def resnet18(
     )
 
 
-@register_model(paper=HE_2016, year=2016)
+@register_model(
+    paper=HE_2016, year=2016,
+    result=PaperResult(75.48, "ImageNet", "Table 3: 24.52 % top-1 error (B), 10-crop"),
+)
 def resnet34(
     *,
     num_classes: int = 1000,
@@ -514,7 +520,10 @@ def _bottleneck_resnet(
     )
 
 
-@register_model(paper=HE_2016, year=2016)
+@register_model(
+    paper=HE_2016, year=2016,
+    result=PaperResult(77.15, "ImageNet", "Table 3: 22.85 % top-1 error, 10-crop"),
+)
 def resnet50(
     *,
     num_classes: int = 1000,
@@ -544,7 +553,10 @@ def resnet50(
     )
 
 
-@register_model(paper=HE_2016, year=2016)
+@register_model(
+    paper=HE_2016, year=2016,
+    result=PaperResult(78.25, "ImageNet", "Table 3: 21.75 % top-1 error, 10-crop"),
+)
 def resnet101(
     *,
     num_classes: int = 1000,
@@ -570,7 +582,10 @@ def resnet101(
     )
 
 
-@register_model(paper=HE_2016, year=2016)
+@register_model(
+    paper=HE_2016, year=2016,
+    result=PaperResult(78.57, "ImageNet", "Table 3: 21.43 % top-1 error, 10-crop"),
+)
 def resnet152(
     *,
     num_classes: int = 1000,
@@ -600,7 +615,10 @@ def resnet152(
 # input size (28 px works as is; large inputs work too, at a cost growing with the area).
 
 
-@register_model(paper=HE_2016, year=2016, num_classes=10, input_size=32)
+@register_model(
+    paper=HE_2016, year=2016, num_classes=10, input_size=32,
+    result=PaperResult(91.25, "CIFAR-10", "Table 6: 8.75 % error"),
+)
 def resnet20(
     *,
     num_classes: int = 10,
@@ -626,7 +644,10 @@ def resnet20(
     )
 
 
-@register_model(paper=HE_2016, year=2016, num_classes=10, input_size=32)
+@register_model(
+    paper=HE_2016, year=2016, num_classes=10, input_size=32,
+    result=PaperResult(92.49, "CIFAR-10", "Table 6: 7.51 % error"),
+)
 def resnet32(
     *,
     num_classes: int = 10,
@@ -648,7 +669,10 @@ def resnet32(
     )
 
 
-@register_model(paper=HE_2016, year=2016, num_classes=10, input_size=32)
+@register_model(
+    paper=HE_2016, year=2016, num_classes=10, input_size=32,
+    result=PaperResult(92.83, "CIFAR-10", "Table 6: 7.17 % error"),
+)
 def resnet44(
     *,
     num_classes: int = 10,
@@ -670,7 +694,10 @@ def resnet44(
     )
 
 
-@register_model(paper=HE_2016, year=2016, num_classes=10, input_size=32)
+@register_model(
+    paper=HE_2016, year=2016, num_classes=10, input_size=32,
+    result=PaperResult(93.03, "CIFAR-10", "Table 6: 6.97 % error"),
+)
 def resnet56(
     *,
     num_classes: int = 10,
@@ -692,7 +719,10 @@ def resnet56(
     )
 
 
-@register_model(paper=HE_2016, year=2016, num_classes=10, input_size=32)
+@register_model(
+    paper=HE_2016, year=2016, num_classes=10, input_size=32,
+    result=PaperResult(93.57, "CIFAR-10", "Table 6: 6.43 % error (best of 5)"),
+)
 def resnet110(
     *,
     num_classes: int = 10,
@@ -717,7 +747,10 @@ def resnet110(
     )
 
 
-@register_model(paper=HE_2016, year=2016, num_classes=10, input_size=32)
+@register_model(
+    paper=HE_2016, year=2016, num_classes=10, input_size=32,
+    result=PaperResult(92.07, "CIFAR-10", "Table 6: 7.93 % error"),
+)
 def resnet1202(
     *,
     num_classes: int = 10,
@@ -742,7 +775,10 @@ def resnet1202(
 # ResNeXt (Xie et al. 2017) and Wide ResNet-50-2 (Zagoruyko & Komodakis 2016).
 
 
-@register_model(paper=XIE_2017, year=2017)
+@register_model(
+    paper=XIE_2017, year=2017,
+    result=PaperResult(77.8, "ImageNet", "Table 3: 22.2 % top-1 error, 224 crop"),
+)
 def resnext50_32x4d(
     *,
     num_classes: int = 1000,
@@ -774,7 +810,10 @@ def resnext50_32x4d(
     )
 
 
-@register_model(paper=XIE_2017, year=2017)
+@register_model(
+    paper=XIE_2017, year=2017,
+    result=PaperResult(78.8, "ImageNet", "Table 3: 21.2 % top-1 error, 224 crop"),
+)
 def resnext101_32x4d(
     *,
     num_classes: int = 1000,
@@ -803,7 +842,10 @@ def resnext101_32x4d(
     )
 
 
-@register_model(paper=XIE_2017, year=2017)
+@register_model(
+    paper=XIE_2017, year=2017,
+    result=PaperResult(None, "ImageNet", "not in the paper (torchvision's width)"),
+)
 def resnext101_32x8d(
     *,
     num_classes: int = 1000,
@@ -858,7 +900,10 @@ def _resnext29(
     )
 
 
-@register_model(paper=XIE_2017, year=2017, num_classes=10, input_size=32)
+@register_model(
+    paper=XIE_2017, year=2017, num_classes=10, input_size=32,
+    result=PaperResult(96.35, "CIFAR-10", "Table 7: 3.65 % error"),
+)
 def resnext29_8x64d(
     *,
     num_classes: int = 10,
@@ -883,7 +928,10 @@ def resnext29_8x64d(
     )
 
 
-@register_model(paper=XIE_2017, year=2017, num_classes=10, input_size=32)
+@register_model(
+    paper=XIE_2017, year=2017, num_classes=10, input_size=32,
+    result=PaperResult(96.42, "CIFAR-10", "Table 7: 3.58 % error"),
+)
 def resnext29_16x64d(
     *,
     num_classes: int = 10,
@@ -905,7 +953,10 @@ def resnext29_16x64d(
     )
 
 
-@register_model(paper=ZAGORUYKO_2016, year=2016)
+@register_model(
+    paper=ZAGORUYKO_2016, year=2016,
+    result=PaperResult(78.1, "ImageNet", "§5 ImageNet: 21.9 % top-1 error, 224 crop"),
+)
 def wide_resnet50_2(
     *,
     num_classes: int = 1000,

@@ -13,7 +13,7 @@ from functools import partial
 from torch import nn
 
 from classicnets.models.layers import SqueezeExcite
-from classicnets.models.registry import register_model
+from classicnets.models.registry import PaperResult, register_model
 from classicnets.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -82,7 +82,10 @@ def _se_net(
     return net
 
 
-@register_model(paper=HU_2018, year=2018)
+@register_model(
+    paper=HU_2018, year=2018,
+    result=PaperResult(None, "ImageNet", "not in the CVPR paper's Table 2"),
+)
 def se_resnet18(
     *,
     num_classes: int = 1000,
@@ -113,7 +116,10 @@ def se_resnet18(
     )
 
 
-@register_model(paper=HU_2018, year=2018)
+@register_model(
+    paper=HU_2018, year=2018,
+    result=PaperResult(None, "ImageNet", "not in the CVPR paper's Table 2"),
+)
 def se_resnet34(
     *,
     num_classes: int = 1000,
@@ -140,7 +146,10 @@ def se_resnet34(
     )
 
 
-@register_model(paper=HU_2018, year=2018)
+@register_model(
+    paper=HU_2018, year=2018,
+    result=PaperResult(76.71, "ImageNet", "Table 2: 23.29 % top-1 error, single crop"),
+)
 def se_resnet50(
     *,
     num_classes: int = 1000,
@@ -176,7 +185,10 @@ def se_resnet50(
     )
 
 
-@register_model(paper=HU_2018, year=2018)
+@register_model(
+    paper=HU_2018, year=2018,
+    result=PaperResult(77.62, "ImageNet", "Table 2: 22.38 % top-1 error, single crop"),
+)
 def se_resnet101(
     *,
     num_classes: int = 1000,
@@ -207,7 +219,10 @@ def se_resnet101(
     )
 
 
-@register_model(paper=HU_2018, year=2018)
+@register_model(
+    paper=HU_2018, year=2018,
+    result=PaperResult(78.43, "ImageNet", "Table 2: 21.57 % top-1 error, single crop"),
+)
 def se_resnet152(
     *,
     num_classes: int = 1000,
@@ -238,7 +253,10 @@ def se_resnet152(
     )
 
 
-@register_model(paper=HU_2018, year=2018)
+@register_model(
+    paper=HU_2018, year=2018,
+    result=PaperResult(78.9, "ImageNet", "Table 2: 21.10 % top-1 error, single crop"),
+)
 def se_resnext50_32x4d(
     *,
     num_classes: int = 1000,

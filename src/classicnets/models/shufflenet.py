@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from classicnets.models.layers import ConvNormAct, channel_shuffle, init_weights
-from classicnets.models.registry import register_model
+from classicnets.models.registry import PaperResult, register_model
 
 __all__ = [
     "SMALL_INPUT",
@@ -195,7 +195,10 @@ class ShuffleNetV1(nn.Module):
         return self.classifier(torch.flatten(self.pool(x), 1))
 
 
-@register_model(paper=_V1_PAPER, year=2018)
+@register_model(
+    paper=_V1_PAPER, year=2018,
+    result=PaperResult(67.4, "ImageNet", "Table 2: 32.6 % top-1 error, 1x"),
+)
 def shufflenet_v1_g3(
     *,
     num_classes: int = 1000,
@@ -207,7 +210,10 @@ def shufflenet_v1_g3(
     return ShuffleNetV1(3, width_mult, num_classes, in_channels, input_size)
 
 
-@register_model(paper=_V1_PAPER, year=2018)
+@register_model(
+    paper=_V1_PAPER, year=2018,
+    result=PaperResult(67.6, "ImageNet", "Table 2: 32.4 % top-1 error, 1x"),
+)
 def shufflenet_v1_g8(
     *,
     num_classes: int = 1000,
@@ -322,7 +328,10 @@ def _v2(width: str, num_classes: int, in_channels: int, input_size: int) -> nn.M
     return ShuffleNetV2(width, num_classes, in_channels, input_size)
 
 
-@register_model(paper=_V2_PAPER, year=2018)
+@register_model(
+    paper=_V2_PAPER, year=2018,
+    result=PaperResult(60.3, "ImageNet", "Table 8: 39.7 % top-1 error"),
+)
 def shufflenet_v2_x0_5(
     *, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224
 ) -> nn.Module:
@@ -330,7 +339,10 @@ def shufflenet_v2_x0_5(
     return _v2("0.5", num_classes, in_channels, input_size)
 
 
-@register_model(paper=_V2_PAPER, year=2018)
+@register_model(
+    paper=_V2_PAPER, year=2018,
+    result=PaperResult(69.4, "ImageNet", "Table 8: 30.6 % top-1 error"),
+)
 def shufflenet_v2_x1_0(
     *, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224
 ) -> nn.Module:
@@ -338,7 +350,10 @@ def shufflenet_v2_x1_0(
     return _v2("1.0", num_classes, in_channels, input_size)
 
 
-@register_model(paper=_V2_PAPER, year=2018)
+@register_model(
+    paper=_V2_PAPER, year=2018,
+    result=PaperResult(72.6, "ImageNet", "Table 8: 27.4 % top-1 error"),
+)
 def shufflenet_v2_x1_5(
     *, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224
 ) -> nn.Module:
@@ -346,7 +361,10 @@ def shufflenet_v2_x1_5(
     return _v2("1.5", num_classes, in_channels, input_size)
 
 
-@register_model(paper=_V2_PAPER, year=2018)
+@register_model(
+    paper=_V2_PAPER, year=2018,
+    result=PaperResult(74.9, "ImageNet", "Table 8: 25.1 % top-1 error"),
+)
 def shufflenet_v2_x2_0(
     *, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224
 ) -> nn.Module:

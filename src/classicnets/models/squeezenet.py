@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from classicnets.models.layers import ConvNormAct
-from classicnets.models.registry import register_model, require_min_size
+from classicnets.models.registry import PaperResult, register_model, require_min_size
 
 __all__ = ["Fire", "SqueezeNet"]
 
@@ -187,7 +187,10 @@ def _squeezenet(
     )
 
 
-@register_model(paper=_PAPER, year=2016)
+@register_model(
+    paper=_PAPER, year=2016,
+    result=PaperResult(57.5, "ImageNet", "Table 2: 57.5 % top-1"),
+)
 def squeezenet1_0(
     *,
     num_classes: int = 1000,
@@ -215,7 +218,10 @@ def squeezenet1_0(
     )
 
 
-@register_model(paper=_PAPER, year=2016)
+@register_model(
+    paper=_PAPER, year=2016,
+    result=PaperResult(None, "ImageNet", "v1.1 was released with the code only"),
+)
 def squeezenet1_1(
     *,
     num_classes: int = 1000,

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from classicnets.models.alexnet import pool_out_size
 from classicnets.models.layers import LocalResponseNorm
-from classicnets.models.registry import register_model
+from classicnets.models.registry import PaperResult, register_model
 
 __all__ = ["CONFIGS", "VGG", "VGGDense"]
 
@@ -208,13 +208,21 @@ def _build(
     return net.to_dense() if dense else net
 
 
-def _register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def _register(
+    name: str, result: PaperResult | None = None
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     return register_model(
-        name=name, paper=_PAPER, year=2015, num_classes=1000, in_channels=3, input_size=224
+        name=name,
+        paper=_PAPER,
+        year=2015,
+        num_classes=1000,
+        in_channels=3,
+        input_size=224,
+        result=result,
     )
 
 
-@_register("vgg11")
+@_register("vgg11", PaperResult(70.4, "ImageNet", "Table 3: 29.6 % top-1 error, S=256"))
 def vgg11(
     *,
     num_classes: int = 1000,
@@ -232,7 +240,7 @@ def vgg11(
     return _build("A", num_classes, in_channels, input_size, False, dropout, init, dense)
 
 
-@_register("vgg11_lrn")
+@_register("vgg11_lrn", PaperResult(70.3, "ImageNet", "Table 3: 29.7 % top-1 error, S=256"))
 def vgg11_lrn(
     *,
     num_classes: int = 1000,
@@ -251,7 +259,7 @@ def vgg11_lrn(
     return _build("A-LRN", num_classes, in_channels, input_size, False, dropout, init, dense)
 
 
-@_register("vgg13")
+@_register("vgg13", PaperResult(71.3, "ImageNet", "Table 3: 28.7 % top-1 error, S=256"))
 def vgg13(
     *,
     num_classes: int = 1000,
@@ -269,7 +277,7 @@ def vgg13(
     return _build("B", num_classes, in_channels, input_size, False, dropout, init, dense)
 
 
-@_register("vgg16_c")
+@_register("vgg16_c", PaperResult(72.7, "ImageNet", "Table 3: 27.3 % top-1 error, S in [256;512]"))
 def vgg16_c(
     *,
     num_classes: int = 1000,
@@ -288,7 +296,7 @@ def vgg16_c(
     return _build("C", num_classes, in_channels, input_size, False, dropout, init, dense)
 
 
-@_register("vgg16")
+@_register("vgg16", PaperResult(74.4, "ImageNet", "Table 3: 25.6 % top-1 error, S in [256;512]"))
 def vgg16(
     *,
     num_classes: int = 1000,
@@ -306,7 +314,7 @@ def vgg16(
     return _build("D", num_classes, in_channels, input_size, False, dropout, init, dense)
 
 
-@_register("vgg19")
+@_register("vgg19", PaperResult(74.5, "ImageNet", "Table 3: 25.5 % top-1 error, S in [256;512]"))
 def vgg19(
     *,
     num_classes: int = 1000,
@@ -324,7 +332,7 @@ def vgg19(
     return _build("E", num_classes, in_channels, input_size, False, dropout, init, dense)
 
 
-@_register("vgg11_bn")
+@_register("vgg11_bn", PaperResult(None, "ImageNet", "BN variants postdate the paper"))
 def vgg11_bn(
     *,
     num_classes: int = 1000,
@@ -342,7 +350,7 @@ def vgg11_bn(
     return _build("A", num_classes, in_channels, input_size, True, dropout, init, dense)
 
 
-@_register("vgg13_bn")
+@_register("vgg13_bn", PaperResult(None, "ImageNet", "BN variants postdate the paper"))
 def vgg13_bn(
     *,
     num_classes: int = 1000,
@@ -360,7 +368,7 @@ def vgg13_bn(
     return _build("B", num_classes, in_channels, input_size, True, dropout, init, dense)
 
 
-@_register("vgg16_bn")
+@_register("vgg16_bn", PaperResult(None, "ImageNet", "BN variants postdate the paper"))
 def vgg16_bn(
     *,
     num_classes: int = 1000,
@@ -378,7 +386,7 @@ def vgg16_bn(
     return _build("D", num_classes, in_channels, input_size, True, dropout, init, dense)
 
 
-@_register("vgg19_bn")
+@_register("vgg19_bn", PaperResult(None, "ImageNet", "BN variants postdate the paper"))
 def vgg19_bn(
     *,
     num_classes: int = 1000,

@@ -25,7 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from classicnets.models.layers import DropPath, MultiHeadSelfAttention
-from classicnets.models.registry import InputSizeError, register_model, require_min_size
+from classicnets.models.registry import (
+    InputSizeError,
+    PaperResult,
+    register_model,
+    require_min_size,
+)
 
 __all__ = [
     "SMALL_INPUT_MAX",
@@ -358,7 +363,10 @@ _ARGS_DOC = """
 """
 
 
-@register_model(paper=_PAPER, year=2021, num_classes=1000, in_channels=3, input_size=224)
+@register_model(
+    paper=_PAPER, year=2021, num_classes=1000, in_channels=3, input_size=224,
+    result=PaperResult(77.91, "ImageNet", "Table 5: ImageNet-1k pre-training, 384 px"),
+)
 def vit_b_16(
     *,
     num_classes: int = 1000,
@@ -384,7 +392,10 @@ def vit_b_16(
     )
 
 
-@register_model(paper=_PAPER, year=2021, num_classes=1000, in_channels=3, input_size=224)
+@register_model(
+    paper=_PAPER, year=2021, num_classes=1000, in_channels=3, input_size=224,
+    result=PaperResult(73.38, "ImageNet", "Table 5: ImageNet-1k pre-training, 384 px"),
+)
 def vit_b_32(
     *,
     num_classes: int = 1000,
@@ -410,7 +421,10 @@ def vit_b_32(
     )
 
 
-@register_model(paper=_PAPER, year=2021, num_classes=1000, in_channels=3, input_size=224)
+@register_model(
+    paper=_PAPER, year=2021, num_classes=1000, in_channels=3, input_size=224,
+    result=PaperResult(76.53, "ImageNet", "Table 5: ImageNet-1k pre-training, 384 px"),
+)
 def vit_l_16(
     *,
     num_classes: int = 1000,
@@ -436,7 +450,10 @@ def vit_l_16(
     )
 
 
-@register_model(paper=_PAPER, year=2021, num_classes=1000, in_channels=3, input_size=224)
+@register_model(
+    paper=_PAPER, year=2021, num_classes=1000, in_channels=3, input_size=224,
+    result=PaperResult(71.16, "ImageNet", "Table 5: ImageNet-1k pre-training, 384 px"),
+)
 def vit_l_32(
     *,
     num_classes: int = 1000,
@@ -462,7 +479,10 @@ def vit_l_32(
     )
 
 
-@register_model(paper=_PAPER, year=2021, num_classes=1000, in_channels=3, input_size=224)
+@register_model(
+    paper=_PAPER, year=2021, num_classes=1000, in_channels=3, input_size=224,
+    result=PaperResult(88.55, "ImageNet", "Table 2: JFT-300M pre-training"),
+)
 def vit_h_14(
     *,
     num_classes: int = 1000,
@@ -501,7 +521,10 @@ def _small_vit(name: str, **kwargs: Any) -> VisionTransformer:
     )
 
 
-@register_model(paper=_DEIT, year=2021, num_classes=10, in_channels=3, input_size=32)
+@register_model(
+    paper=_DEIT, year=2021, num_classes=10, in_channels=3, input_size=32,
+    result=PaperResult(None, "CIFAR-10", "not in the papers (CIFAR-sized adaptation)"),
+)
 def vit_tiny_patch4_32(
     *,
     num_classes: int = 10,
@@ -529,7 +552,10 @@ def vit_tiny_patch4_32(
     )
 
 
-@register_model(paper=_DEIT, year=2021, num_classes=10, in_channels=3, input_size=32)
+@register_model(
+    paper=_DEIT, year=2021, num_classes=10, in_channels=3, input_size=32,
+    result=PaperResult(None, "CIFAR-10", "not in the papers (CIFAR-sized adaptation)"),
+)
 def vit_small_patch4_32(
     *,
     num_classes: int = 10,

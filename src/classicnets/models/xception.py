@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from classicnets.models.layers import ConvNormAct
-from classicnets.models.registry import register_model, require_min_size
+from classicnets.models.registry import PaperResult, register_model, require_min_size
 
 __all__ = ["SeparableConv2d", "Xception", "XceptionBlock", "xception"]
 
@@ -194,6 +194,7 @@ class Xception(nn.Module):
     num_classes=1000,
     in_channels=3,
     input_size=299,
+    result=PaperResult(79.0, "ImageNet", "Table 1: 0.790 top-1, single crop"),
 )
 def xception(
     *,

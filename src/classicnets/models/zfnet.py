@@ -22,7 +22,7 @@ from classicnets.models.alexnet import (
     smallest_input,
 )
 from classicnets.models.layers import LocalResponseNorm
-from classicnets.models.registry import register_model, require_min_size
+from classicnets.models.registry import PaperResult, register_model, require_min_size
 
 __all__ = ["PoolSwitches", "ZFNet"]
 
@@ -175,7 +175,10 @@ class ZFNet(nn.Module):
         return self.classifier(x.flatten(1)), switches
 
 
-@register_model(paper=_PAPER, year=2014, num_classes=1000, in_channels=3, input_size=224)
+@register_model(
+    paper=_PAPER, year=2014, num_classes=1000, in_channels=3, input_size=224,
+    result=PaperResult(61.6, "ImageNet", "Table 2: 38.4 % top-1 val error, 1 convnet"),
+)
 def zfnet(
     *,
     num_classes: int = 1000,
