@@ -221,9 +221,10 @@ def test_multirun_two_by_two_writes_summary(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_main_job_reaches_95_percent_on_digits(tmp_path: Path) -> None:
+def test_main_job_reaches_98_percent_on_digits(tmp_path: Path) -> None:
     proc = _run([], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = list((tmp_path / "logs" / "train" / "runs").iterdir())
     metrics = json.loads((run / "metrics.json").read_text())["metrics"]
-    assert metrics["test/acc"] >= 0.95
+    # 98.89 % measured at the default seed (99.45 % mean over seeds 1-9, lowest 98.61 %)
+    assert metrics["test/acc"] >= 0.98
