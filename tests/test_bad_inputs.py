@@ -125,7 +125,8 @@ def test_data_that_does_not_fit_the_network(make_cfg: MakeCfg, override: str, me
     (["optimizer=adam", "optimizer.weight_decy=0"], "lr, weight_decay", "weight_decay"),
     (["scheduler.warmup_epoch=2"], "min_lr, name, warmup_epochs", "warmup_epochs"),
     (["trainer.max_epoch=5"], "log_every_n_steps, max_epochs, min_epochs", "max_epochs"),
-    (["callbacks.model_checkpoint.monitr=val/loss"], "mode, monitor, save_last", "monitor"),
+    (["callbacks.model_checkpoint.monitr=val/loss"], "mode, monitor, newer_wins_ties, save_last",
+     "monitor"),
     (["callbacks.guard.check_every_n_step=5"], "check_every_n_steps", "check_every_n_steps"),
     (["logger=tensorboard", "logger.tensorboard.sav_dir=x"], "name, save_dir", "save_dir"),
     (["paths.log_dri=/tmp"], "data_dir, log_dir, output_dir", "log_dir"),
@@ -145,6 +146,10 @@ def test_good_overrides_and_sweeps_need_no_explanation() -> None:
     assert explain_override_error("train", ["trainer.max_epochs=3", "model=resnet20"]) is None
     assert explain_override_error("train", ["-m", "optimizer.lr=0.1,0.2",
                                             "+callbacks.x._target_=a.B"]) is None
+    # a mandatory value (`ckpt_path: ???`) given on the command line is a valid key: a job that
+    # fails for another reason must not be told it misspelled it
+    for entry in ("eval", "predict", "export", "visualize"):
+        assert explain_override_error(entry, ["ckpt_path=x.ckpt"]) is None, entry
 
 
 def test_a_misspelled_key_on_the_command_line(tmp_path: Path) -> None:
