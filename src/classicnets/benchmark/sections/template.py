@@ -56,8 +56,9 @@ __all__ = ["TARGET_RATIO", "measure"]
 log = logging.getLogger(__name__)
 
 TITLE = "Template: ImageClassifier under the Lightning Trainer vs a plain loop"
-# template / plain loop throughput the project aims for (README "Performance")
-TARGET_RATIO = 0.97
+# template / plain loop throughput the project aims for, per device type (README
+# "Performance"): a CPU step is long enough that the template should cost nothing (issue 13)
+TARGET_RATIO = {"cpu": 0.99, "cuda": 0.97}
 
 
 class _Cycle:
@@ -241,6 +242,7 @@ def _case(
 def _render(rows: list[Row], t: DictConfig, bench: Bench) -> list[str]:
     lrow, prow = rows[0], rows[1]
     wall, cpu = lrow.estimate("ratio"), lrow.estimate("cpu_ratio")
+    target = TARGET_RATIO.get(bench.device.type, TARGET_RATIO["cuda"])
     body = [
         f"{lrow.model}, batch {lrow.batch_size}, {lrow.image_size} px, "
         f"{lrow.precision}, SGD momentum {t.momentum}, the same {t.num_batches} "
@@ -267,8 +269,8 @@ def _render(rows: list[Row], t: DictConfig, bench: Bench) -> list[str]:
         f"**template / plain = {wall.value:.3f}** [{wall.low:.3f}, {wall.high:.3f}] from wall "
         f"time, {fmt_estimate(cpu, '.3f')} from CPU time (median of {lrow.windows} paired "
         f"rounds, 95 % bootstrap interval; ratio of the medians "
-        f"{lrow.images_per_s / prow.images_per_s:.3f}); target ≥ {TARGET_RATIO}: wall "
-        f"{verdict(wall, TARGET_RATIO)}, CPU {verdict(cpu, TARGET_RATIO) if cpu.known else '–'}",
+        f"{lrow.images_per_s / prow.images_per_s:.3f}); target ≥ {target}: wall "
+        f"{verdict(wall, target)}, CPU {verdict(cpu, target) if cpu.known else '–'}",
     ]
     if bench.cuda and lrow.model == "resnet18" and lrow.image_size == 32:
         body += [
