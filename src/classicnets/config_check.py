@@ -88,7 +88,7 @@ def explain_override_error(config_name: str, overrides: list[str]) -> str | None
         node = OmegaConf.select(cfg, parent) if parent else cfg
         if isinstance(node, DictConfig):
             # keys(), not `in`: a mandatory value (`???`, e.g. ckpt_path) is not "in" a config
-            if leaf not in node.keys():
+            if leaf not in node.keys():  # noqa: SIM118
                 where = parent or "the top level"
                 return (f"{key} is not a key of {where}. Valid keys of {where}: "
                         f"{_keys_text(node.keys())}.{_close(leaf, node.keys())} "
@@ -105,7 +105,7 @@ def _missing_parent(cfg: DictConfig, key: str) -> str | None:
     for i, part in enumerate(parts[:-1]):
         if not isinstance(node, DictConfig):
             return None
-        if part not in node.keys():
+        if part not in node.keys():  # noqa: SIM118 (as above)
             where = ".".join(parts[:i]) or "the top level"
             return (f"{key}: {where} has no key {part!r}. Valid keys of {where}: "
                     f"{_keys_text(node.keys())}.{_close(part, node.keys())}")
