@@ -15,7 +15,15 @@ import torch
 
 from classicnets.benchmark.device import Bench
 from classicnets.benchmark.measure import alternate, summarise
-from classicnets.benchmark.report import Row, SectionReport, fmt, paired_fields, table, verdict
+from classicnets.benchmark.report import (
+    Row,
+    SectionReport,
+    fmt,
+    fmt_estimate,
+    paired_fields,
+    table,
+    verdict,
+)
 from classicnets.benchmark.sections.common import (
     Context,
     TrainLoop,
@@ -72,12 +80,7 @@ def _render(rows: list[Row], ctx: Context) -> list[str]:
                 fmt(r.ms_per_step, ".2f"),
                 f"{r.windows} × {r.steps}",
                 fmt(r.spread_pct, ".1f") + " %",
-                (
-                    f"{fmt(r.ratio, '.2f')} [{fmt(r.ratio_low, '.2f')}, "
-                    f"{fmt(r.ratio_high, '.2f')}]"
-                )
-                if r.variant == "fast"
-                else "",
+                fmt_estimate(r.estimate("ratio"), ".2f") if r.variant == "fast" else "",
                 r.note,
             ]
             for r in rows

@@ -23,7 +23,15 @@ import numpy as np
 from PIL import Image
 
 from classicnets.benchmark.measure import alternate, summarise
-from classicnets.benchmark.report import Row, SectionReport, fmt, paired_fields, table, verdict
+from classicnets.benchmark.report import (
+    Row,
+    SectionReport,
+    fmt,
+    fmt_estimate,
+    paired_fields,
+    table,
+    verdict,
+)
 from classicnets.benchmark.sections.common import Context, quiet_lightning
 from classicnets.benchmark.sections.data import _device_batches, _prefetched
 
@@ -70,8 +78,7 @@ def _render(rows: list[Row], ctx: Context, mean_kib: float, workers: int) -> lis
                 fmt(r.ms_per_step, ".1f"),
                 f"{r.windows} × {r.steps}",
                 fmt(r.spread_pct, ".1f") + " %",
-                f"{fmt(r.ratio, '.2f')} [{fmt(r.ratio_low, '.2f')}, {fmt(r.ratio_high, '.2f')}]"
-                if r.variant == "torchvision" else "",
+                fmt_estimate(r.estimate("ratio"), ".2f") if r.variant == "torchvision" else "",
                 r.note,
             ]
             for r in rows

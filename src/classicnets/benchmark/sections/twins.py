@@ -17,7 +17,14 @@ from torch import Tensor, nn
 
 from classicnets.benchmark.device import Bench
 from classicnets.benchmark.measure import alternate, summarise
-from classicnets.benchmark.report import Row, SectionReport, fmt, paired_fields, table
+from classicnets.benchmark.report import (
+    Row,
+    SectionReport,
+    fmt,
+    fmt_estimate,
+    paired_fields,
+    table,
+)
 from classicnets.benchmark.sections.common import Context, logits, param_count, state_bytes
 
 __all__ = ["measure"]
@@ -166,8 +173,7 @@ def _render(rows: list[Row], bench: Bench) -> list[str]:
             fmt(ours.ms_per_step, ".1f"),
             fmt(ref.ms_per_step, ".1f"),
             fmt(1.0 / ours.ratio, ".3f"),
-            fmt(ours.ratio, ".3f")
-            + f" [{fmt(ours.ratio_low, '.3f')}, {fmt(ours.ratio_high, '.3f')}]"
+            fmt_estimate(ours.estimate("ratio"), ".3f")
             + ("" if ours.ratio >= TARGET_SPEED else " ⚠"),
             f"{ours.params / 1e6:.2f} M"
             + ("" if ours.params == ref.params else f" vs {ref.params / 1e6:.2f} M"),
