@@ -22,8 +22,10 @@ __all__ = [
     "Context",
     "TrainLoop",
     "datamodule",
+    "device_batches",
     "logits",
     "param_count",
+    "prefetched_batches",
     "quiet_lightning",
     "sgd",
     "state_bytes",
@@ -161,3 +163,25 @@ def datamodule(
         seed=seed,
         channels_last=bench.channels_last,
     )
+
+
+def device_batches(loader: Any, bench: Bench) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches on the device in the network's memory format, epoch after epoch."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for x, y in loader:
+            if x.device != bench.device:
+                x = x.to(bench.device, non_blocking=True)
+                y = y.to(bench.device, non_blocking=True)
+            if bench.channels_last and not x.is_contiguous(memory_format=torch.channels_last):
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
+        epoch += 1
+
+
+def prefetched_batches(loader: Any) -> int:
+    """Batches a DataLoader's workers hold ready while another variant runs."""
+    workers = int(getattr(loader, "num_workers", 0) or 0)
+    return workers * int(getattr(loader, "prefetch_factor", 0) or 0) if workers else 0

@@ -11,9 +11,6 @@ import copy
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import torch
-
-from classicnets.benchmark.device import Bench
 from classicnets.benchmark.measure import alternate, summarise
 from classicnets.benchmark.report import (
     Row,
@@ -28,7 +25,9 @@ from classicnets.benchmark.sections.common import (
     Context,
     TrainLoop,
     datamodule,
+    device_batches,
     param_count,
+    prefetched_batches,
     quiet_lightning,
 )
 
@@ -36,28 +35,6 @@ __all__ = ["measure"]
 
 TITLE = "Data paths: fast (on-device) vs torch (DataLoader)"
 PATHS = ("fast", "torch")
-
-
-def _device_batches(loader: Any, bench: Bench) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches on the device in the network's memory format, epoch after epoch."""
-    epoch = 0
-    while True:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        for x, y in loader:
-            if x.device != bench.device:
-                x = x.to(bench.device, non_blocking=True)
-                y = y.to(bench.device, non_blocking=True)
-            if bench.channels_last and not x.is_contiguous(memory_format=torch.channels_last):
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
-        epoch += 1
-
-
-def _prefetched(loader: Any) -> int:
-    """Batches a DataLoader's workers hold ready while another variant runs."""
-    workers = int(getattr(loader, "num_workers", 0) or 0)
-    return workers * int(getattr(loader, "prefetch_factor", 0) or 0) if workers else 0
 
 
 def _render(rows: list[Row], ctx: Context) -> list[str]:
@@ -125,9 +102,10 @@ def measure(ctx: Context) -> SectionReport:
     # the ordinary loader's workers fill their prefetch queue during the other path's window:
     # its warm-up drains that queue so its timed window sees only steady-state throughput
     warm = {
-        p: max(warmup, _prefetched(loaders[p]) + 1 if _prefetched(loaders[p]) else 0) for p in PATHS
+        p: max(warmup, prefetched_batches(loaders[p]) + 1 if prefetched_batches(loaders[p]) else 0)
+        for p in PATHS
     }
-    streams = {p: _device_batches(loaders[p], bench) for p in PATHS}
+    streams = {p: device_batches(loaders[p], bench) for p in PATHS}
 
     def fetch(it: Iterator[Any]) -> Callable[[], None]:
         return lambda: next(it)  # type: ignore[return-value]

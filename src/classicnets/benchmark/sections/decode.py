@@ -32,8 +32,12 @@ from classicnets.benchmark.report import (
     table,
     verdict,
 )
-from classicnets.benchmark.sections.common import Context, quiet_lightning
-from classicnets.benchmark.sections.data import _device_batches, _prefetched
+from classicnets.benchmark.sections.common import (
+    Context,
+    device_batches,
+    prefetched_batches,
+    quiet_lightning,
+)
 
 __all__ = ["measure", "write_jpeg_folder"]
 
@@ -117,8 +121,8 @@ def measure(ctx: Context) -> SectionReport:
         workers = int(loaders["pil"].num_workers)
         # a path's prefetch queue is full when its turn comes: its warm-up drains it, so its
         # window sees steady-state throughput only
-        warm = {k: max(int(d.warmup_steps), _prefetched(v) + 1) for k, v in loaders.items()}
-        streams.update({k: _device_batches(v, bench) for k, v in loaders.items()})
+        warm = {k: max(int(d.warmup_steps), prefetched_batches(v) + 1) for k, v in loaders.items()}
+        streams.update({k: device_batches(v, bench) for k, v in loaders.items()})
         last_batch_s = dict.fromkeys(DECODERS, 0.0)
 
         def fetch(k: str) -> Callable[[], None]:
@@ -132,7 +136,7 @@ def measure(ctx: Context) -> SectionReport:
             # after its window a path's workers refill their queue; on a machine with few
             # cores that work would compete with the next path's window (and the dearer
             # path's refill would slow the cheaper path most): wait it out, untimed
-            time.sleep(1.5 * sum(_prefetched(loaders[j]) * last_batch_s[j]
+            time.sleep(1.5 * sum(prefetched_batches(loaders[j]) * last_batch_s[j]
                                  for j in DECODERS if j != k))
 
         windows = alternate({k: fetch(k) for k in DECODERS}, rounds=int(d.rounds),
