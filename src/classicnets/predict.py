@@ -29,9 +29,11 @@ from classicnets.data.transforms import EvalTransform
 from classicnets.module import CheckpointError, ImageClassifier, instantiate_clean
 
 __all__ = [
+    "ImageFiles",
     "NormalizedClassifier",
     "Trained",
     "find_images",
+    "inference_device",
     "load_trained",
     "predict",
     "predict_files",
@@ -210,7 +212,8 @@ class ImageFiles(Dataset):
             return torch.zeros(self.shape), f"{type(err).__name__}: {message}"
 
 
-def _device(name: str) -> torch.device:
+def inference_device(name: str) -> torch.device:
+    """``device=`` of prediction and visualisation: ``auto`` is CUDA, then MPS, then the CPU."""
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
@@ -251,7 +254,7 @@ def predict_files(trained: Trained, files: Sequence[Path], *, top_k: int = 5,
     if top_k < 1 or batch_size < 1:
         raise ValueError(f"top_k and batch_size must be positive, got {top_k}, {batch_size}")
     k = min(top_k, len(trained.classes))
-    dev = _device(device)
+    dev = inference_device(device)
     model = trained.model.to(dev)
     rows: list[dict[str, Any]] = []
     loader = _loader(files, trained.transform, batch_size, num_workers, dev.type == "cuda")

@@ -21,7 +21,13 @@ from torch import Tensor
 from classicnets.analysis import attribution, deconvnet, features, render
 from classicnets.analysis.layers import find_layer, first_conv
 from classicnets.loggers import check_logger_config
-from classicnets.predict import ImageFiles, Trained, _device, find_images, load_trained
+from classicnets.predict import (
+    ImageFiles,
+    Trained,
+    find_images,
+    inference_device,
+    load_trained,
+)
 
 __all__ = ["METHODS", "draw", "resolve_target", "visualize"]
 
@@ -152,7 +158,7 @@ def visualize(cfg: DictConfig) -> list[Path]:
     if method != "filters" and not cfg.get("input"):
         raise ValueError(f"method={method} needs input=<an image, a folder or a quoted glob>")
     trained = load_trained(cfg.ckpt_path, cfg.get("data"))
-    device = _device(str(cfg.device))
+    device = inference_device(str(cfg.device))
     trained.model.to(device)
     out = Path(cfg.output)
     images: list[tuple[Path, str]] = []
