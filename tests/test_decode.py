@@ -26,9 +26,10 @@ from classicnets.data import DatasetError, ImageDataModule
 from classicnets.data.decode import (
     BatchNormalize,
     FinishingLoader,
-    NormalizingCollate,
     RandomResizedCropFlip,
+    batch_buffer,
     read_rgb,
+    stack_uint8,
     uint8_folder_transform,
 )
 from classicnets.data.transforms import folder_transform
@@ -232,7 +233,8 @@ def test_folder_data_defaults_to_the_torchvision_decoder(tmp_path: Path, channel
     dm.setup("fit")
     pil.setup("fit")
     loader = dm.train_dataloader()
-    assert isinstance(loader.collate_fn, NormalizingCollate)  # on the CPU: in the workers
+    # on the CPU too: uint8 batches from the workers, normalised as they are handed out
+    assert isinstance(loader, FinishingLoader) and loader.collate_fn is stack_uint8
     for x, y in loader:  # every file, odd modes included, reaches the network's shape
         assert x.dtype == torch.float32 and x.shape[1:] == (channels, 24, 24)
         assert torch.isfinite(x).all() and y.dtype == torch.int64
@@ -314,9 +316,10 @@ def test_finishing_loader_moves_and_normalises_each_batch() -> None:
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_cpu_batches_are_normalised_where_they_are_collated(tmp_path: Path, workers: int) -> None:
-    """Normalised float batches either way; with an accelerator the DataLoader ships uint8
-    batches and the FinishingLoader converts them on the device."""
+def test_batches_are_normalised_on_the_device_they_are_handed_out_on(tmp_path: Path,
+                                                                     workers: int) -> None:
+    """Workers ship uint8 batches; the FinishingLoader converts them on the training device,
+    the CPU or an accelerator, into the PIL path's normalised floats."""
     write_image_folder(tmp_path / "pets", per_class=4, splits=("train", "val"))
     kw = dict(path=tmp_path / "pets", num_classes=3, batch_size=4, image_size=16,
               num_workers=workers, persistent_workers=False)
@@ -324,14 +327,61 @@ def test_cpu_batches_are_normalised_where_they_are_collated(tmp_path: Path, work
                                                                      decoder="pil", **kw)
     dm.setup("fit")
     pil.setup("fit")
+    assert isinstance(dm.val_dataloader(), FinishingLoader)
     (a, _), (b, _) = next(iter(dm.val_dataloader())), next(iter(pil.val_dataloader()))
     assert a.dtype == torch.float32 and torch.allclose(a, b, atol=JPEG_TOL / min(STD) + 1e-5)
+    assert a.is_contiguous()
     dm._device = lambda: torch.device("meta")
     loader = dm.val_dataloader()
-    assert isinstance(loader, FinishingLoader) and not isinstance(loader.collate_fn,
-                                                                  NormalizingCollate)
+    assert isinstance(loader, FinishingLoader) and loader.collate_fn is stack_uint8
     x, _ = next(iter(loader))
     assert (x.device.type, x.dtype, x.shape[1:]) == ("meta", torch.float32, (3, 16, 16))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_training_batches_have_the_networks_layout(tmp_path: Path, channels_last: bool) -> None:
+    """The resize leaves channels-last images; the batch the network gets is in the layout
+    data.channels_last asks for, with the values of a contiguous conversion."""
+    write_image_folder(tmp_path / "pets", per_class=4)
+    dm = ImageDataModule("imagefolder", path=tmp_path / "pets", num_classes=3, batch_size=4,
+                         image_size=16, num_workers=0, channels_last=channels_last)
+    dm.setup("fit")
+    x, _ = next(iter(dm.train_dataloader()))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert x.is_contiguous(memory_format=layout)
+
+
+def test_stack_uint8_keeps_the_layout_and_values_of_the_images() -> None:
+    g = torch.Generator().manual_seed(0)
+    hwc = [torch.randint(0, 256, (5, 6, 3), dtype=torch.uint8, generator=g) for _ in range(3)]
+    cl = [t.permute(2, 0, 1) for t in hwc]  # (3, 5, 6) with channels-last strides
+    x, y = stack_uint8([(im, i) for i, im in enumerate(cl)])
+    assert torch.equal(x, torch.stack(cl)) and y.tolist() == [0, 1, 2]
+    assert x.is_contiguous(memory_format=torch.channels_last)  # a plain copy, no transposition
+    grey = [torch.randint(0, 256, (1, 5, 6), dtype=torch.uint8, generator=g) for _ in range(2)]
+    x, _ = stack_uint8([(im, 0) for im in grey])
+    assert x.is_contiguous() and torch.equal(x, torch.stack(grey))
+    with pytest.raises(RuntimeError, match="equal size"):  # default_collate's own message
+        stack_uint8([(cl[0], 0), (cl[0][:, :4], 1)])
+    # the normalisation gives either layout from either layout, with the same values
+    ref = BatchNormalize(MEAN, STD)(torch.stack(cl).contiguous())
+    for want in (False, True):
+        out = BatchNormalize(MEAN, STD, channels_last=want)(torch.stack(cl))
+        layout = torch.channels_last if want else torch.contiguous_format
+        assert out.is_contiguous(memory_format=layout) and torch.equal(out, ref)
+
+
+def _buffer_in_a_worker(_: int) -> tuple[bool, bool]:
+    out = batch_buffer((2, 3, 4, 5), torch.uint8, channels_last=True)
+    return out.is_shared(), out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_batch_buffers_are_shared_memory_in_workers_only() -> None:
+    """In a worker the batch is born in shared memory, so sending it copies nothing."""
+    assert not batch_buffer((2, 3, 4, 5), torch.uint8, channels_last=False).is_shared()
+    loader = DataLoader(range(1), batch_size=None, num_workers=1,
+                        collate_fn=_buffer_in_a_worker)
+    assert list(loader) == [(True, True)]
 
 
 # ----------------------------------------------------------------------------- benchmark

@@ -5,8 +5,9 @@ JPEG files the section writes itself (photograph-like ``width × height`` images
 picture with sensor-like noise, landscape and every fourth one portrait), with the ImageNet
 training transform (random-resized-crop to ``image_size`` + flip), batches normalised floats on
 the device. ``pil`` is the ordinary per-image path (PIL decode, float transform per image in the
-workers); ``torchvision`` decodes with ``torchvision.io``, augments uint8 tensors and normalises
-whole batches on the device (:mod:`classicnets.data.decode`). Same workers for both.
+workers); ``torchvision`` decodes with ``torchvision.io``, augments uint8 tensors, ships uint8
+batches and normalises whole batches on the device — in the main process on the CPU
+(:mod:`classicnets.data.decode`). Same workers for both.
 """
 
 from __future__ import annotations
@@ -152,8 +153,8 @@ def measure(ctx: Context) -> SectionReport:
         shutil.rmtree(base, ignore_errors=True)
     note = {
         "pil": "PIL decode, per-image float transform in the workers",
-        "torchvision": "torchvision.io decode, uint8 transform in the workers, per-batch "
-        + ("normalisation on the device" if bench.cuda else "normalisation in the workers"),
+        "torchvision": "torchvision.io decode, uint8 transform and batch in the workers, "
+        "per-batch normalisation on the device" + ("" if bench.cuda else " (the main process)"),
     }
     common = {"section": "decode", "case": "train transform (RRC + flip)", "batch_size": bs,
               "image_size": size}
