@@ -40,6 +40,11 @@ os.environ.setdefault("WANDB_SILENT", "true")
 def compose_config(overrides: list[str], out_dir: Path, config_name: str = "train") -> DictConfig:
     """Compose `conf/<config_name>.yaml` as Hydra would, with the run directory at `out_dir`."""
     GlobalHydra.instance().clear()
+    if config_name in ("train", "benchmark"):
+        # a test process runs many trainings, small and huge: glibc's default returns a huge
+        # model's memory (host_memory=retain would keep the largest footprint for the rest of
+        # the worker's life); tests of retain itself run in their own processes
+        overrides = ["host_memory=system", *overrides]
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     out_dir.mkdir(parents=True, exist_ok=True)

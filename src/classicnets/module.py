@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from classicnets import lean_loop
 from classicnets.callbacks.finetune import (
     FineTune,
     FineTuneConfig,
@@ -36,6 +37,9 @@ from classicnets.models.layers import ClassifierOutput
 from classicnets.optim import build_scheduler, param_groups
 
 __all__ = ["CheckpointError", "ImageClassifier", "instantiate_clean"]
+
+# training steps whose correct predictions are counted together (see training_step)
+PENDING_STEPS = 16
 
 NAN_POLICIES = ("stop", "skip")
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1,
@@ -89,6 +93,9 @@ class ImageClassifier(L.LightningModule):
         finetune: fine-tuning a pretrained network (``conf/module``: ``freeze_backbone_epochs``,
             ``backbone_lr_mult``, ``freeze_bn``; :mod:`classicnets.callbacks.finetune`).
         num_classes: needed only when ``model`` is a module (else read from its config).
+        lean_loop: run each training step through :mod:`classicnets.lean_loop` — Lightning's
+            hooks, progress and semantics at a fraction of its host time; configurations it
+            does not cover (DDP, accumulation, manual optimization, ...) use Lightning's step.
 
     A ``pretrained`` entry of the model config fills the network when it is built; it is not
     kept in the hyperparameters: the weights are in every checkpoint from then on, so loading
@@ -110,6 +117,7 @@ class ImageClassifier(L.LightningModule):
         nan_policy: str = "stop",
         finetune: Mapping[str, Any] | None = None,
         num_classes: int | None = None,
+        lean_loop: bool = True,
     ) -> None:
         super().__init__()
         # plain containers in hparams: the checkpoint then rebuilds everything by itself
@@ -149,6 +157,10 @@ class ImageClassifier(L.LightningModule):
         self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(2))
         # training loss/accuracy: running sums on the device (see training_step)
         self._train_sums: Tensor | None = None
+        self._train_seen = 0  # samples of the epoch counted on the host (nan_policy=stop)
+        # (logits, labels) of recent steps, detached, whose correct predictions are not yet
+        # in the sums (nan_policy=stop; see training_step)
+        self._pending: list[tuple[Tensor, Tensor]] = []
         self._step_finite: Tensor | None = None  # nan_policy=skip: this step's losses finite
         self.val_acc_best = MaxMetric()
         self._restored_best: float | None = None  # from a checkpoint, applied at train start
@@ -162,9 +174,10 @@ class ImageClassifier(L.LightningModule):
     # ------------------------------------------------------------------ per-step host cost
     def __setattr__(self, name: str, value: Any) -> None:
         # The Trainer sets `_current_fx_name` (a string) around every hook call — dozens of
-        # times per step — and nn.Module.__setattr__ spends microseconds each time checking
-        # whether the value is a parameter, buffer or submodule. A string is none of those.
-        if name == "_current_fx_name":
+        # times per step — and the training step counts its samples (an int);
+        # nn.Module.__setattr__ spends microseconds each time checking whether the value is a
+        # parameter, buffer or submodule. A string or an int is none of those.
+        if name in ("_current_fx_name", "_train_seen"):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
@@ -211,6 +224,14 @@ class ImageClassifier(L.LightningModule):
         return F.cross_entropy(out, y, label_smoothing=ls), out
 
     # ------------------------------------------------------------------ steps
+    def on_fit_start(self) -> None:
+        if self.hparams.get("lean_loop", True):  # Lightning's step semantics, less host time
+            lean_loop.install(self.trainer)
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit" and self._trainer is not None:
+            lean_loop.uninstall(self.trainer)
+
     def on_train_start(self) -> None:
         self.val_loss.reset()
         self.val_acc.reset()
@@ -232,6 +253,8 @@ class ImageClassifier(L.LightningModule):
     # kernels never drains. `python src/benchmark.py sections=[template]` measures the rest.
     def on_train_epoch_start(self) -> None:
         self._train_sums = None
+        self._train_seen = 0
+        self._pending.clear()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
@@ -241,14 +264,14 @@ class ImageClassifier(L.LightningModule):
             if self._cudagraphs:  # the previous step's graph outputs are no longer read
                 torch.compiler.cudagraph_mark_step_begin()
             loss, logits = self._compiled_loss(x, y)
-        with torch.no_grad():
-            if self._train_sums is None:
-                # [sum of loss × batch size, correct predictions, samples, skipped batches]
-                self._train_sums = torch.zeros(4, dtype=torch.float32, device=loss.device)
-            sums, n = self._train_sums, y.shape[0]
-            correct = (logits.argmax(dim=1) == y).sum()
-            if self.hparams.nan_policy == "skip":
+        if self._train_sums is None:
+            # [sum of loss × batch size, correct predictions, samples, skipped batches]
+            self._train_sums = torch.zeros(4, dtype=torch.float32, device=loss.device)
+        sums, n = self._train_sums, y.shape[0]
+        if self.hparams.nan_policy == "skip":
+            with torch.no_grad():
                 # decided on the device: a non-finite loss adds nothing and is counted
+                correct = (logits.argmax(dim=1) == y).sum()
                 finite = torch.isfinite(loss)
                 ok = finite.float()
                 sums[0].add_(torch.where(finite, loss.float(), 0.0) * n)
@@ -257,11 +280,33 @@ class ImageClassifier(L.LightningModule):
                 sums[3].add_(1.0 - ok)
                 prior = self._step_finite
                 self._step_finite = finite if prior is None else prior & finite
-            else:  # a non-finite loss makes the loss sum non-finite: see divergence_flag
-                sums[0].add_(loss.float(), alpha=n)
-                sums[1].add_(correct)
-                sums[2].add_(n)
+            return loss
+        # nan_policy=stop: a non-finite loss makes the loss sum non-finite (divergence_flag).
+        # One kernel per step: the loss, on a detached tensor (no grad-mode switch); the
+        # sample count stays on the host, and the correct predictions of PENDING_STEPS steps
+        # are counted at once (an integer count: exact whatever the grouping, so a resumed
+        # run sums to the same figures). Both join the sums where they are read (_epoch_sums)
+        sums[0].add_(loss.detach(), alpha=n)
+        self._train_seen += n
+        pending = self._pending
+        pending.append((logits.detach(), y))
+        # CUDA graphs reuse their output buffers at the next replay: count at once there
+        if len(pending) >= PENDING_STEPS or self._cudagraphs:
+            self._count_pending(sums)
         return loss
+
+    def _count_pending(self, sums: Tensor) -> None:
+        """Add the pending steps' correct predictions to ``sums[1]`` (a few kernels in all)."""
+        pending = self._pending
+        if not pending:
+            return
+        if len(pending) == 1:
+            logits, labels = pending[0]
+        else:
+            logits = torch.cat([p[0] for p in pending])
+            labels = torch.cat([p[1] for p in pending])
+        sums[1].add_((logits.argmax(dim=1) == labels).sum())
+        pending.clear()
 
     def divergence_flag(self) -> Tensor | None:
         """On the device, nonzero when a training loss of this epoch was NaN or infinite and
@@ -292,10 +337,22 @@ class ImageClassifier(L.LightningModule):
         getattr(self, f"{stage}_acc5").update(logits, y)
         return logits  # to the batch-end hooks (callbacks.dashboard); Lightning keeps none
 
+    def _epoch_sums(self) -> Tensor | None:
+        """A copy of the epoch's sums so far, [loss × samples, correct, samples, skipped
+        batches], the host's sample count included; None before the epoch's first step."""
+        if self._train_sums is None:
+            return None
+        self._count_pending(self._train_sums)
+        sums = self._train_sums.clone()
+        if self._train_seen:
+            sums[2] += self._train_seen
+        return sums
+
     def _log_train_epoch(self) -> None:
         """Log the epoch's mean training loss and accuracy, summed over all ranks."""
-        sums = (self._train_sums.clone() if self._train_sums is not None
-                else torch.zeros(4, device=self.device))
+        sums = self._epoch_sums()
+        if sums is None:
+            sums = torch.zeros(4, device=self.device)
         totals = self.trainer.strategy.reduce(sums, reduce_op="sum")  # every rank calls it
         if self.hparams.nan_policy == "skip":
             self.log("train/skipped_batches", totals[3])
@@ -368,8 +425,9 @@ class ImageClassifier(L.LightningModule):
         # running state that is not in the state dict (torchmetrics states are not persistent,
         # and the weights must load into runs without these): a resumed run goes on from it
         state: dict[str, Any] = {"val_acc_best": float(self.val_acc_best.max_value)}
-        if self._train_sums is not None:  # saved mid-epoch: the epoch's sums so far
-            state["train_sums"] = self._train_sums.detach().cpu().clone()
+        sums = self._epoch_sums()
+        if sums is not None:  # saved mid-epoch: the epoch's sums so far
+            state["train_sums"] = sums.detach().cpu()
         checkpoint["classicnets"] = state
         if self._compile_target == "step":  # floats, as an eager run writes them
             plain_hyperparameters(checkpoint)
@@ -382,7 +440,8 @@ class ImageClassifier(L.LightningModule):
         # epoch before the interruption (the other ranks' are not in the file)
         rank = self._trainer.global_rank if self._trainer is not None else 0
         if sums is not None and rank == 0 and len(sums) == 4:
-            self._train_sums = sums.clone()
+            self._train_sums, self._train_seen = sums.clone(), 0
+            self._pending.clear()
 
     @classmethod
     def load_checkpoint(cls, path: str | Path, **kwargs: Any) -> ImageClassifier:

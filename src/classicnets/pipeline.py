@@ -270,6 +270,22 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     return instantiate_clean(cfg.data, channels_last=channels_last)
 
 
+HOST_MEMORY = ("retain", "system")
+
+
+def _host_memory(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """``host_memory=retain`` on a CPU run: glibc keeps freed memory (no page faults per step;
+    see :mod:`classicnets.host_memory`). Accelerators allocate on the device: nothing to do."""
+    how = cfg.get("host_memory", "retain")
+    if how not in HOST_MEMORY:
+        raise ValueError(f"host_memory={how!r} is not one of {', '.join(HOST_MEMORY)}: "
+                         "retain (keep freed memory, CPU training) or system (glibc's default)")
+    if how == "retain" and trainer.strategy.root_device.type == "cpu":
+        from classicnets.host_memory import retain_freed_memory
+
+        retain_freed_memory()
+
+
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
     """Fit, test the best checkpoint, and return (optimized metric, all final metrics)."""
     check_config(cfg)  # arguments and value types, naming the valid keys
@@ -298,6 +314,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
     loggers: list[Logger] = _instantiate_many(cfg.get("logger"), "logger")
     callbacks = drop_callbacks_needing_a_logger(callbacks, loggers)
     trainer: L.Trainer = instantiate_clean(cfg.trainer, callbacks=callbacks, logger=loggers)
+    _host_memory(cfg, trainer)
     # a strategy that runs only some networks (trainer=towers) says so before processes start
     validate = getattr(trainer.strategy, "validate_module", None)
     if callable(validate):

@@ -69,6 +69,16 @@ def _bench(s: DictConfig, out_dir: Path) -> Bench:
         torch.backends.cudnn.benchmark = bench.cudnn_benchmark
     if s.get("threads"):
         torch.set_num_threads(int(s.threads))
+    how = s.get("host_memory") or "retain"
+    if how not in ("retain", "system"):
+        raise ValueError(f"host_memory={how!r}: use retain (glibc keeps freed memory) or system")
+    if bench.device.type == "cpu" and how == "retain":
+        from classicnets.host_memory import retain_freed_memory
+
+        # as `python src/train.py` trains on a CPU (host_memory=retain): without it every
+        # variant's step page-faults its tensors back in, thousands of faults a step whose
+        # number varies from run to run — noise larger than the differences measured here
+        retain_freed_memory()
     return bench
 
 

@@ -19,6 +19,7 @@ _GLOBAL_KNOBS = (
     "channels_last",
     "compile",
     "threads",
+    "host_memory",
     "matmul_precision",
     "cudnn_benchmark",
     "rounds",
