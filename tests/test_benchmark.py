@@ -306,3 +306,24 @@ def test_sections_can_be_switched_off(make_cfg, tmp_path: Path) -> None:
     assert {r["section"] for r in table} == {"twins"}
     md = (tmp_path / "only" / "benchmark.md").read_text()
     assert "## 3. Twins" in md and "## 1. Template" not in md
+
+
+def test_memory_section_pairs_fresh_processes(make_cfg, tmp_path: Path) -> None:
+    """`sections=[memory]`: glibc's default and host_memory=retain, each window a fresh
+    process; the retained one faults in a fraction of the pages per step."""
+    # (the global timing knobs override every section's: warm-up steps let the heap settle)
+    cfg = make_cfg(*TINY, "sections=[memory]", "memory.model=resnet20", "memory.batch_size=32",
+                   "memory.image_size=32", "warmup_steps=6", "window_steps=2",
+                   config_name="benchmark", out="mem")
+    run_benchmark(cfg)
+    table = _rows(tmp_path / "mem" / "benchmark.csv")
+    assert [r["variant"] for r in table] == ["system", "retain"]
+    assert all(_positive(r, "ms_per_step") and _positive(r, "cpu_ms_per_step") for r in table)
+    assert float(table[0]["ratio"]) == 1.0 and _positive(table[1], "ratio")
+    faults = [float(re.search(r"minor faults/step ([\d,]+)", r["note"]).group(1)
+                    .replace(",", "")) for r in table]
+    # retained pages are reused (the heap may still grow a little after a few steps; glibc's
+    # default faults in thousands of pages at every step)
+    assert 4 * faults[1] < faults[0], faults
+    md = (tmp_path / "mem" / "benchmark.md").read_text()
+    assert "Host memory on the CPU" in md and "retain / system =" in md

@@ -141,7 +141,8 @@ class LeanTrainingEpochLoop(_TrainingEpochLoop):
             return super().advance(data_fetcher)
         trainer = self.trainer
         module = trainer.lightning_module
-        self.val_loop.restarting = False  # as the parent: we train first
+        if self.val_loop._restarting:  # as the parent: we train first (the setter walks
+            self.val_loop.restarting = False  # the loop's attributes: not at every step)
 
         batch, _, _ = next(data_fetcher)
         batch_idx = self.batch_idx + 1
@@ -175,9 +176,15 @@ class LeanTrainingEpochLoop(_TrainingEpochLoop):
         if skip_rest:
             raise StopIteration
         self._hook(plan, module, trainer, "on_train_batch_end", output, batch, batch_idx)
-        trainer._logger_connector.on_batch_end()
-        progress.increment_completed()
-        trainer._logger_connector.update_train_step_metrics()
+        results = trainer._results
+        if _logs_on_step(results):
+            trainer._logger_connector.on_batch_end()
+            progress.increment_completed()
+            trainer._logger_connector.update_train_step_metrics()
+        else:  # nothing logged per step: no step metrics to collect, nothing to send
+            results.batch = None
+            results.batch_size = None
+            progress.increment_completed()
 
     # ------------------------------------------------------------------ pieces
     @staticmethod
@@ -274,6 +281,13 @@ class LeanTrainingEpochLoop(_TrainingEpochLoop):
         if outcome.get("loss") is None:
             return {}
         return {"loss": outcome["loss"], **outcome["extra"]}
+
+
+def _logs_on_step(results: Any) -> bool:
+    """Whether anything in the epoch's results was logged with ``on_step=True`` (else the
+    logger connector's per-step metrics are empty: the epoch-level values are read only at
+    the epoch's end)."""
+    return any(item.meta.on_step for item in results.values() if not item.has_reset)
 
 
 def _call(module: L.LightningModule, name: str, *args: Any, **kwargs: Any) -> Any:

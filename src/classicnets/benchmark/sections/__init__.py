@@ -12,7 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from classicnets.benchmark.report import SectionReport
-from classicnets.benchmark.sections import data, decode, epoch, template, towers, twins
+from classicnets.benchmark.sections import (
+    data,
+    decode,
+    epoch,
+    memory,
+    template,
+    towers,
+    twins,
+)
 from classicnets.benchmark.sections.common import Context
 
 __all__ = ["REGISTRY", "SECTIONS", "Context", "SectionReport"]
@@ -24,6 +32,7 @@ REGISTRY: dict[str, Callable[[Context], SectionReport]] = {
     "epoch": epoch.measure,
     "towers": towers.measure,
     "decode": decode.measure,
+    "memory": memory.measure,
 }
 
 SECTIONS = tuple(REGISTRY)
