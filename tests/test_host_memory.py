@@ -11,6 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from classicnets import host_memory
+from classicnets.config_check import ConfigError
 from classicnets.pipeline import _host_memory
 
 glibc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
@@ -55,5 +56,5 @@ def test_host_memory_is_applied_to_cpu_runs_only(monkeypatch: pytest.MonkeyPatch
     assert calls == []
     _host_memory(OmegaConf.create({"host_memory": "retain"}), trainer)
     assert calls == [True]
-    with pytest.raises(ValueError, match=r"host_memory='keep' is not one of retain, system"):
+    with pytest.raises(ConfigError, match=r"host_memory=.keep. is not one of retain, system"):
         _host_memory(OmegaConf.create({"host_memory": "keep"}), trainer)
