@@ -213,6 +213,15 @@ def test_the_blocker_names_manual_optimization() -> None:
     assert lean_step_blocker(trainer) == "manual optimization"
 
 
+def test_another_lightning_release_takes_lightnings_own_step(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    trainer.strategy.connect(ImageClassifier(model=_net(), num_classes=4))
+    assert "Lightning" not in lean_step_blocker(trainer)  # (not fitted: "0 optimizers")
+    monkeypatch.setattr(L, "__version__", "2.7.0")
+    assert lean_step_blocker(trainer) == "Lightning 2.7.0; the lean step reproduces 2.6.x's"
+
+
 def test_the_step_hooks_list_is_the_callback_api() -> None:
     """Every hook the lean step dispatches exists on Callback and LightningModule."""
     for name in _STEP_HOOKS:

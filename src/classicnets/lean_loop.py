@@ -15,7 +15,8 @@ directly. Where it cannot promise Lightning's semantics it hands the step to Lig
 ``advance``, decided per epoch: several optimizers, manual optimization, gradient accumulation,
 a distributed or model-parallel strategy, a precision plugin other than 32-bit and autocast
 without a gradient scaler (bf16), an overridden ``optimizer_step``, a real profiler, a dataloader
-iterator passed to ``training_step``; and per step: a restart in the middle of an epoch.
+iterator passed to ``training_step``, a Lightning release other than the one it was checked
+against (:data:`CHECKED_LIGHTNING`); and per step: a restart in the middle of an epoch.
 ``module.lean_loop=false`` uses Lightning's loop throughout.
 """
 
@@ -41,6 +42,10 @@ from lightning.pytorch.utilities.rank_zero import WarningCache
 __all__ = ["LeanTrainingEpochLoop", "install", "lean_step_blocker", "uninstall"]
 
 log = logging.getLogger(__name__)
+
+# the Lightning release (major, minor) whose training step this module reproduces, compared
+# step for step by tests/test_lean_loop.py; under any other, Lightning's own step runs
+CHECKED_LIGHTNING = (2, 6)
 _warnings = WarningCache()  # each message once, as Lightning's loop warns
 
 # callback and module hooks of one automatic-optimization training step, in Lightning's order
@@ -65,6 +70,10 @@ class _Plan:
 
 def lean_step_blocker(trainer: L.Trainer, fetcher: Any = None) -> str | None:
     """Why the lean step cannot run this epoch (None: it can)."""
+    version = L.__version__
+    if tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) != CHECKED_LIGHTNING:
+        return (f"Lightning {version}; the lean step reproduces "
+                f"{'.'.join(map(str, CHECKED_LIGHTNING))}.x's")
     module = trainer.lightning_module
     if not module.automatic_optimization:
         return "manual optimization"
