@@ -20,8 +20,14 @@ import ctypes
 import ctypes.util
 import logging
 import sys
+from typing import Any
 
-__all__ = ["minor_faults", "retain_freed_memory"]
+from classicnets.config_check import ConfigError
+
+__all__ = ["CHOICES", "checked_choice", "minor_faults", "retain_freed_memory"]
+
+# the values of `host_memory` (train.py and the benchmark): keep freed memory, or glibc's default
+CHOICES = ("retain", "system")
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,16 @@ def retain_freed_memory() -> bool:
                     "returned to the system (page faults in every CPU step)")
     _applied = ok
     return ok
+
+
+def checked_choice(how: Any) -> str:
+    """A ``host_memory`` value (None: ``retain``), refused with the choices when it is not one."""
+    how = "retain" if how is None else how
+    if how not in CHOICES:
+        raise ConfigError(f"host_memory={how!r} is not one of {', '.join(CHOICES)}: retain "
+                          "(keep freed memory, CPU training) or system (glibc's default), "
+                          "e.g. host_memory=system")
+    return str(how)
 
 
 def minor_faults() -> int:

@@ -292,13 +292,13 @@ class ImageClassifier(L.LightningModule):
         pending.append((logits.detach(), y))
         # CUDA graphs reuse their output buffers at the next replay: count at once there
         if len(pending) >= PENDING_STEPS or self._cudagraphs:
-            self._count_pending(sums)
+            self._count_pending()
         return loss
 
-    def _count_pending(self, sums: Tensor) -> None:
-        """Add the pending steps' correct predictions to ``sums[1]`` (a few kernels in all)."""
-        pending = self._pending
-        if not pending:
+    def _count_pending(self) -> None:
+        """Add the pending steps' correct predictions to the epoch's sums (a few kernels)."""
+        pending, sums = self._pending, self._train_sums
+        if not pending or sums is None:
             return
         if len(pending) == 1:
             logits, labels = pending[0]
@@ -342,7 +342,7 @@ class ImageClassifier(L.LightningModule):
         batches], the host's sample count included; None before the epoch's first step."""
         if self._train_sums is None:
             return None
-        self._count_pending(self._train_sums)
+        self._count_pending()
         sums = self._train_sums.clone()
         if self._train_seen:
             sums[2] += self._train_seen

@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from classicnets import host_memory
 from classicnets.callbacks.guard import TrainingInterrupted
 from classicnets.config_check import ConfigError, check_config
 from classicnets.data import ImageDataModule
@@ -270,33 +271,18 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     return instantiate_clean(cfg.data, channels_last=channels_last)
 
 
-HOST_MEMORY = ("retain", "system")
-
-
-def check_host_memory(cfg: DictConfig) -> str:
-    """``host_memory``'s value, refused with the choices when it is not one of them."""
-    how = cfg.get("host_memory", "retain")
-    if how not in HOST_MEMORY:
-        raise ConfigError(f"host_memory={how!r} is not one of {', '.join(HOST_MEMORY)}: "
-                          "retain (keep freed memory, CPU training) or system (glibc's "
-                          "default), e.g. host_memory=system")
-    return str(how)
-
-
 def _host_memory(cfg: DictConfig, trainer: L.Trainer) -> None:
     """``host_memory=retain`` on a CPU run: glibc keeps freed memory (no page faults per step;
     see :mod:`classicnets.host_memory`). Accelerators allocate on the device: nothing to do."""
-    how = check_host_memory(cfg)
+    how = host_memory.checked_choice(cfg.get("host_memory"))
     if how == "retain" and trainer.strategy.root_device.type == "cpu":
-        from classicnets.host_memory import retain_freed_memory
-
-        retain_freed_memory()
+        host_memory.retain_freed_memory()
 
 
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
     """Fit, test the best checkpoint, and return (optimized metric, all final metrics)."""
     check_config(cfg)  # arguments and value types, naming the valid keys
-    check_host_memory(cfg)
+    host_memory.checked_choice(cfg.get("host_memory"))
     check_logger_config(cfg)  # W&B key, secrets: before anything is printed, built or written
     _extras(cfg)
     check_world_matches(cfg.trainer)  # torchrun's processes vs trainer.num_nodes x devices

@@ -36,6 +36,7 @@ from classicnets.benchmark.report import (
 )
 from classicnets.benchmark.sections import REGISTRY, SECTIONS, Context
 from classicnets.benchmark.settings import resolve_settings
+from classicnets.host_memory import checked_choice, retain_freed_memory
 
 __all__ = ["CSV_COLUMNS", "SECTIONS", "Row", "resolve_settings", "run_benchmark"]
 
@@ -69,12 +70,7 @@ def _bench(s: DictConfig, out_dir: Path) -> Bench:
         torch.backends.cudnn.benchmark = bench.cudnn_benchmark
     if s.get("threads"):
         torch.set_num_threads(int(s.threads))
-    how = s.get("host_memory") or "retain"
-    if how not in ("retain", "system"):
-        raise ValueError(f"host_memory={how!r}: use retain (glibc keeps freed memory) or system")
-    if bench.device.type == "cpu" and how == "retain":
-        from classicnets.host_memory import retain_freed_memory
-
+    if bench.device.type == "cpu" and checked_choice(s.get("host_memory")) == "retain":
         # as `python src/train.py` trains on a CPU (host_memory=retain): without it every
         # variant's step page-faults its tensors back in, thousands of faults a step whose
         # number varies from run to run — noise larger than the differences measured here
