@@ -19,11 +19,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 
-from classicnets.config_check import ConfigError, explain_override_error
+from classicnets.checkpoints import CheckpointError
 from classicnets.data import DatasetError, ImageDataModule
-from classicnets.module import CheckpointError, ImageClassifier
-from classicnets.pipeline import train
-from classicnets.preflight import RunDirectoryError
+from classicnets.runs.config_check import ConfigError, explain_override_error
+from classicnets.runs.pipeline import train
+from classicnets.runs.preflight import RunDirectoryError
+from classicnets.training.module import ImageClassifier
 from formats import write_cifar10, write_image_folder, write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,7 +188,7 @@ def test_a_wrong_type_or_argument_names_what_is_expected(make_cfg: MakeCfg, over
 
 
 def test_every_shipped_config_passes_the_check(make_cfg: MakeCfg) -> None:
-    from classicnets.config_check import check_config
+    from classicnets.runs.config_check import check_config
 
     for group in ("trainer", "logger", "optimizer", "data"):
         for option in sorted((REPO / "conf" / group).glob("*.yaml")):

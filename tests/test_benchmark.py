@@ -30,7 +30,7 @@ from classicnets.benchmark.measure import (
     summarise,
     timed_window,
 )
-from classicnets.benchmark.report import paired_fields, verdict
+from classicnets.benchmark.tables import paired_fields, verdict
 
 TINY = (
     "device=cpu",

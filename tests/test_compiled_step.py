@@ -12,8 +12,8 @@ import lightning as L
 import pytest
 import torch
 
-from classicnets.compiled_step import check_trainer, compile_target, resolve_mode
-from classicnets.module import ImageClassifier
+from classicnets.training.compiled_step import check_trainer, compile_target, resolve_mode
+from classicnets.training.module import ImageClassifier
 
 SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.2, "momentum": 0.9,
        "weight_decay": 5e-4}
@@ -101,7 +101,7 @@ def test_compiled_step_trains_as_eager_and_resumes_eager(tmp_path: Path) -> None
     # in an eager run at the step it was saved at
     path = tmp_path / "step.ckpt"
     trainer.save_checkpoint(path)
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     assert not any("_orig_mod" in k for k in state["state_dict"])
     assert all(type(g["lr"]) is float for g in state["optimizer_states"][0]["param_groups"])
     # the file holds the weights and momentum buffers as they were

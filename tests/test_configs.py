@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from classicnets.optim import build_scheduler
+from classicnets.training.optim import build_scheduler
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MakeCfg = Callable[..., DictConfig]

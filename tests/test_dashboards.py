@@ -21,8 +21,8 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from classicnets.callbacks.dashboard import _Shard, render_confusion_matrix
-from classicnets.loggers import LoggerConfigError, check_logger_config, flatten
-from classicnets.pipeline import train
+from classicnets.runs.loggers import LoggerConfigError, check_logger_config, flatten
+from classicnets.runs.pipeline import train
 from wandb_records import OfflineRun, offline_runs, read_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def test_wandb_best_checkpoint_artifact(wandb_run: OfflineRun,
         (run_dir / "metrics.json").read_text())["best_checkpoint"].rsplit("/", 1)[1]
     staged = wandb_run.artifact_file(best, "model.ckpt")
     assert staged.is_relative_to(many_run[2])  # WANDB_DATA_DIR, until `wandb sync` uploads it
-    state = torch.load(staged, map_location="cpu", weights_only=False)
+    state = torch.load(staged, map_location="cpu", weights_only=True)
     assert "state_dict" in state
 
 

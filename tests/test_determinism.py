@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from classicnets.pipeline import train
+from classicnets.runs.pipeline import train
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ("extras.print_config=false", "~callbacks.rich_progress_bar",
@@ -27,7 +27,7 @@ MakeCfg = Callable[..., DictConfig]
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu",
-                      weights_only=False)["state_dict"]
+                      weights_only=True)["state_dict"]
 
 
 def _same(a: Path, b: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from classicnets.callbacks.guard import TrainingDiverged
-from classicnets.pipeline import train
+from classicnets.runs.pipeline import train
 
 QUIET = ("extras.print_config=false", "~callbacks.rich_progress_bar",
          "~callbacks.model_summary", "trainer.enable_progress_bar=false")
@@ -32,7 +32,7 @@ def test_a_learning_rate_that_diverges_stops_with_the_step_and_the_last_good_che
             rf"stopped\. The last good checkpoint is {last} .*optimizer\.lr=.*"
             r"module\.nan_policy=skip")):
         train(cfg)
-    good = torch.load(last, weights_only=False)
+    good = torch.load(last, weights_only=True)
     assert good["epoch"] == 0 and good["global_step"] == 10  # not overwritten by a NaN state
     assert all(torch.isfinite(w).all() for w in good["state_dict"].values())
 
@@ -55,7 +55,7 @@ def test_nan_policy_skip_skips_and_counts_the_batches(make_cfg: MakeCfg) -> None
                    if r.get("train/skipped_batches")]
     assert skipped == [2.0, 1.0]  # per epoch: steps 2 and 5, then step 13
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
-    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 20  # every batch stepped (a skipped one with no gradient)
     assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
     assert metrics["val/acc"] > 0.2  # and learned (chance: 0.1)

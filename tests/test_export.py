@@ -1,4 +1,4 @@
-"""Export to ONNX and TorchScript: `src/export.py`, `classicnets.export`.
+"""Export to ONNX and TorchScript: `src/export.py`, `classicnets.inference.export`.
 
 One network of every family (the files of `classicnets/models/`) goes through both formats,
 and the exported file must compute PyTorch's logits (within 1e-4 of max(1, |logit|)) at two
@@ -21,9 +21,9 @@ from PIL import Image
 from torch import nn
 
 from classicnets.data.transforms import EvalTransform
-from classicnets.export import ExportError, export_model, load_exported, read_metadata
+from classicnets.inference.export import ExportError, export_model, load_exported, read_metadata
+from classicnets.inference.predict import NormalizedClassifier, Trained, load_trained, predict_files
 from classicnets.models import InputSizeError, create_model, get_model_info, list_models
-from classicnets.predict import NormalizedClassifier, Trained, load_trained, predict_files
 from conftest import REPO
 from trained import train_checkpoint
 
@@ -230,7 +230,7 @@ def test_float32_rounding_is_told_from_a_wrong_file(offset: float, tmp_path: Pat
     trained = _odd("none")
     trained.model.net = Cancel()
     exact = NormalizedClassifier(Cancel(), trained.transform.mean, trained.transform.std)
-    monkeypatch.setattr("classicnets.export.load_exported", lambda path, fmt: (
+    monkeypatch.setattr("classicnets.inference.export.load_exported", lambda path, fmt: (
         lambda x: exact.double()(x.double()).float() + offset))
     if offset:
         with pytest.raises(ExportError, match=r"differs from PyTorch by .* from float64 PyTorch "

@@ -293,7 +293,7 @@ def test_ddp_sim_ranks_see_disjoint_shards(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_fast_and_torch_paths_reach_the_same_accuracy_on_digits(make_cfg) -> None:
-    from classicnets.pipeline import train
+    from classicnets.runs.pipeline import train
 
     accs = {}
     for kind in ("fast", "torch"):

@@ -15,11 +15,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from classicnets.callbacks.finetune import FineTune, head_parameter_names
 from classicnets.data import ImageDataModule
 from classicnets.models import create_model, list_models
-from classicnets.module import ImageClassifier
-from classicnets.pipeline import train
+from classicnets.runs.pipeline import train
+from classicnets.training.finetune import FineTune, head_parameter_names
+from classicnets.training.module import ImageClassifier
 from reference_nets import fake_torchvision
 
 MakeCfg = Callable[..., DictConfig]

@@ -11,8 +11,8 @@ import torch
 from omegaconf import DictConfig
 
 from classicnets.data import ArrayData, BatchTransform, DeviceLoader
-from classicnets.module import ImageClassifier
-from classicnets.pipeline import train
+from classicnets.runs.pipeline import train
+from classicnets.training.module import ImageClassifier
 
 pytestmark = pytest.mark.gpu
 QUIET = ("extras.print_config=false", "~callbacks.rich_progress_bar",
@@ -43,8 +43,8 @@ def test_bf16_channels_last_training(compile_net: bool, make_cfg: Callable[..., 
     _, metrics = train(cfg)
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    state = torch.load(last, weights_only=False, map_location="cpu")["state_dict"]
+    state = torch.load(last, weights_only=True, map_location="cpu")["state_dict"]
     assert not any("_orig_mod" in k for k in state)
-    loaded = ImageClassifier.load_from_checkpoint(last, weights_only=False, compile=False,
+    loaded = ImageClassifier.load_from_checkpoint(last, weights_only=True, compile=False,
                                                   map_location="cpu")
     assert loaded.net(torch.randn(2, 3, 32, 32)).shape == (2, 10)

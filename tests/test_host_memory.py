@@ -10,9 +10,9 @@ import lightning as L
 import pytest
 from omegaconf import OmegaConf
 
-from classicnets import host_memory
-from classicnets.config_check import ConfigError
-from classicnets.pipeline import _host_memory
+from classicnets.runs import host_memory
+from classicnets.runs.config_check import ConfigError
+from classicnets.runs.pipeline import _host_memory
 
 glibc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 
@@ -20,7 +20,7 @@ glibc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt
 # mmap threshold (32 MiB), so by default every step maps fresh zero pages and faults them in
 _STEPS = textwrap.dedent("""
     import sys, torch
-    from classicnets.host_memory import minor_faults, retain_freed_memory
+    from classicnets.runs.host_memory import minor_faults, retain_freed_memory
     if sys.argv[1] == "retain":
         assert retain_freed_memory() is True
         assert retain_freed_memory() is True  # once per process; the same answer again

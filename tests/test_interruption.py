@@ -19,13 +19,13 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from classicnets.config_check import ConfigError
 from classicnets.data.catalogue import read_synthetic
 from classicnets.data.fast import DeviceLoader
 from classicnets.data.transforms import BatchTransform
-from classicnets.loggers import resume_wandb_run
-from classicnets.module import ImageClassifier
-from classicnets.pipeline import resume_arguments, train
+from classicnets.runs.config_check import ConfigError
+from classicnets.runs.loggers import resume_wandb_run
+from classicnets.runs.pipeline import resume_arguments, train
+from classicnets.training.module import ImageClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "src" / "train.py")
@@ -75,7 +75,7 @@ def _val_rows(run: Path) -> list[dict[str, str]]:
 
 
 def _state(run: Path) -> dict:
-    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
 @pytest.mark.slow
@@ -158,7 +158,7 @@ def test_last_ckpt_is_the_newest_epoch_and_best_is_kept(
     train(cfg)
     ckpts = Path(cfg.paths.output_dir) / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == [f"epoch_{best:03d}.ckpt", "last.ckpt"]
-    last = torch.load(ckpts / "last.ckpt", weights_only=False)
+    last = torch.load(ckpts / "last.ckpt", weights_only=True)
     assert last["epoch"] == 2 and last["global_step"] == 3 * 3
     (best_state,) = [v for k, v in last["callbacks"].items() if "val/acc" in k]
     assert Path(best_state["best_model_path"]).name == f"epoch_{best:03d}.ckpt"

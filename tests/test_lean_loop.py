@@ -15,8 +15,8 @@ from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from classicnets.lean_loop import _STEP_HOOKS, LeanTrainingEpochLoop, lean_step_blocker
-from classicnets.module import ImageClassifier
+from classicnets.training.lean_loop import _STEP_HOOKS, LeanTrainingEpochLoop, lean_step_blocker
+from classicnets.training.module import ImageClassifier
 
 SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05, "momentum": 0.9,
        "weight_decay": 1e-4}
@@ -195,7 +195,7 @@ def test_the_lean_step_is_lightnings_step(mode: str) -> None:
 ])
 def test_other_configurations_take_lightnings_own_step(
         kwargs: dict[str, Any], reason: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="classicnets.lean_loop"):
+    with caplog.at_level(logging.INFO, logger="classicnets.training.lean_loop"):
         lean = _fit(True, **kwargs)
     assert set(lean[1].steps_run) == {"own"}
     assert f"the lean step does not apply: {reason}" in caplog.text

@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from classicnets.checkpoints import CheckpointError
 from classicnets.data import ImageDataModule
 from classicnets.models import ClassifierOutput
-from classicnets.module import CheckpointError, ImageClassifier
-from classicnets.optim import WarmupCosine, build_scheduler, param_groups
+from classicnets.training.module import ImageClassifier
+from classicnets.training.optim import WarmupCosine, build_scheduler, param_groups
 
 MODEL = {"_target_": "classicnets.models.create_model", "name": "resnet20", "num_classes": 10,
          "in_channels": 3, "input_size": 32}
@@ -103,7 +104,7 @@ def _fit_one_step(tmp_path: Path, model: dict = MODEL, **module_kwargs: object
 
 def test_load_from_checkpoint_needs_no_argument(tmp_path: Path) -> None:
     module, path = _fit_one_step(tmp_path, label_smoothing=0.1, channels_last=True)
-    loaded = ImageClassifier.load_from_checkpoint(path, weights_only=False)
+    loaded = ImageClassifier.load_from_checkpoint(path, weights_only=True)
     assert loaded.hparams.label_smoothing == 0.1 and loaded.hparams.model["name"] == "resnet20"
     for (k, a), b in zip(module.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
@@ -140,9 +141,9 @@ def test_compiled_training_step_runs(tmp_path: Path) -> None:
     lenet = {**MODEL, "name": "lenet5", "in_channels": 3}
     module, path = _fit_one_step(tmp_path, lenet, compile=True)
     assert module._compiled is not None
-    state = torch.load(path, weights_only=False)["state_dict"]
+    state = torch.load(path, weights_only=True)["state_dict"]
     assert not any("_orig_mod" in k for k in state)
-    ImageClassifier.load_from_checkpoint(path, weights_only=False, compile=False)
+    ImageClassifier.load_from_checkpoint(path, weights_only=True, compile=False)
 
 
 def _linear_fit(tmp_path: Path, batch_sizes: list[int], max_epochs: int = 1):

@@ -1,4 +1,4 @@
-"""Prediction from a checkpoint alone: `src/predict.py`, `classicnets.predict`."""
+"""Prediction from a checkpoint alone: `src/predict.py`, `classicnets.inference.predict`."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from PIL import Image
 
+from classicnets.checkpoints import CheckpointError
 from classicnets.data import ImageDataModule
 from classicnets.data.transforms import EvalTransform, folder_transform
-from classicnets.module import CheckpointError
-from classicnets.predict import find_images, load_trained, predict_files
+from classicnets.inference.predict import find_images, load_trained, predict_files
 from conftest import CONF, REPO
 from trained import make_image_folder, shape_image, train_checkpoint
 
@@ -71,11 +71,11 @@ def _write_inputs(folder: Path) -> dict[str, str]:
 
 def test_checkpoint_carries_class_names_and_eval_transform(digits_ckpt: Path,
                                                            shapes_ckpt: Path) -> None:
-    saved = torch.load(digits_ckpt, weights_only=False)[ImageDataModule.__qualname__]
+    saved = torch.load(digits_ckpt, weights_only=True)[ImageDataModule.__qualname__]
     assert saved["classes"] == [str(i) for i in range(10)]
     assert EvalTransform.from_dict(saved["eval_transform"]) == EvalTransform(
         image_size=32, resize_size=32, in_channels=1, mean=(0.3,), std=(0.37,))
-    saved = torch.load(shapes_ckpt, weights_only=False)[ImageDataModule.__qualname__]
+    saved = torch.load(shapes_ckpt, weights_only=True)[ImageDataModule.__qualname__]
     assert saved["classes"] == ["circle", "square"]
     tf = EvalTransform.from_dict(saved["eval_transform"])
     # 256/224 of 32, the 8-bit image resized as folder_transform does
@@ -204,7 +204,7 @@ def test_inputs_file_folder_and_glob(tmp_path: Path) -> None:
 
 def _old_checkpoint(ckpt: Path, out: Path) -> Path:
     """The checkpoint as classicnets wrote it before checkpoints carried class names."""
-    raw = torch.load(ckpt, weights_only=False)
+    raw = torch.load(ckpt, weights_only=True)
     del raw[ImageDataModule.__qualname__]
     torch.save(raw, out)
     return out
@@ -234,7 +234,7 @@ def test_checkpoint_and_data_mismatch_is_named(digits_ckpt: Path, tmp_path: Path
                                          r"in_channels=3.*data\.in_channels=1"):
         load_trained(old, _data_cfg("data=synthetic", "data.num_samples=16"))
     # a saved transform that does not fit its network (a hand-edited or foreign file)
-    raw = torch.load(digits_ckpt, weights_only=False)
+    raw = torch.load(digits_ckpt, weights_only=True)
     raw[ImageDataModule.__qualname__]["eval_transform"].update(
         in_channels=3, mean=[0.5] * 3, std=[0.5] * 3)
     torch.save(raw, tmp_path / "odd.ckpt")

@@ -1,4 +1,4 @@
-"""The zoo report: `src/report.py`, `classicnets.report` (conf/report.yaml)."""
+"""The zoo report: `src/report.py`, `classicnets.analysis.zoo_report` (conf/report.yaml)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 from torch import nn
 
+from classicnets.analysis.zoo_report import ZooRow, count_macs, run_report, saved_activation_bytes
 from classicnets.models import create_model, get_model_info
 from classicnets.models.registry import UnknownModelError
-from classicnets.report import ZooRow, count_macs, run_report, saved_activation_bytes
 from conftest import REPO, compose_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -153,7 +153,7 @@ def test_a_network_too_big_for_the_size_is_listed_with_the_reason(tmp_path: Path
 
 
 def test_data_sets_size_and_classes(tmp_path: Path) -> None:
-    from classicnets.report import _settings
+    from classicnets.analysis.zoo_report import _settings
 
     cfg = compose_config(["data=cifar10", "models=[resnet20]"], tmp_path, "report")
     try:
@@ -192,7 +192,7 @@ def test_bad_settings_are_refused_before_measuring(
 def test_unknown_dataset_names_the_choices_from_the_module_entry(tmp_path: Path) -> None:
     env = {**os.environ, "PROJECT_ROOT": str(REPO), "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.run(
-        [sys.executable, "-m", "classicnets.report", "data=imagenett",
+        [sys.executable, "-m", "classicnets.analysis.zoo_report", "data=imagenett",
          f"hydra.run.dir={tmp_path}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )

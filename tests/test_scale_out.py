@@ -27,7 +27,7 @@ from classicnets.parallel.launch import (
     check_world_matches,
     single_run_argv,
 )
-from classicnets.pipeline import _is_rank_zero
+from classicnets.runs.pipeline import _is_rank_zero
 from hydra_plugins.classicnets_parallel_launcher.parallel_launcher import (
     ParallelLauncher,
     Slot,
@@ -249,7 +249,7 @@ def test_torchrun_two_nodes_train_as_one(tmp_path: Path) -> None:
     assert r0["train_samples"][0] + r1["train_samples"][0] >= n_train - 64  # drop_last
     assert _same_weights(_weights(probe, f"{run.name}-rank0"),
                          _weights(probe, f"{run.name}-rank1"))
-    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert _same_weights(last["state_dict"], _weights(probe, f"{run.name}-rank0"))
     assert last["global_step"] == 2 * r0["train_samples"][0] // 32  # 64 split over 2 ranks
     # both log the same (synchronised) validation metrics, which rank 0 saved

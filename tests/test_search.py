@@ -20,9 +20,9 @@ import optuna
 import pytest
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from classicnets.pipeline import train
-from classicnets.plots import SweepPoint, plot_sweep
-from classicnets.sweep import (
+from classicnets.runs.pipeline import train
+from classicnets.runs.plots import SweepPoint, plot_sweep
+from classicnets.runs.sweep import (
     INTERRUPTED_ATTR,
     PLOT_NAME,
     SweepConfigError,

@@ -203,7 +203,7 @@ def test_requeued_job_resumes_from_the_newest_checkpoint_of_its_run(
 
 def test_csv_logger_keeps_the_rows_of_a_run_that_goes_on_in_its_directory(
         tmp_path: Path) -> None:
-    from classicnets.csv_logger import CSVLogger
+    from classicnets.runs.csv_logger import CSVLogger
 
     first = CSVLogger(tmp_path, name="csv", version="")
     first.log_metrics({"val/acc": 0.5}, step=9)
@@ -322,7 +322,7 @@ def test_usr1_checkpoints_requeues_once_and_the_job_finishes_from_there(tmp_path
     show = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True)
     assert re.search(r"Restarts=1\b", show.stdout), show.stdout
     (hpc,) = run.glob("hpc_ckpt_*.ckpt")
-    state = torch.load(hpc, map_location="cpu", weights_only=False)
+    state = torch.load(hpc, map_location="cpu", weights_only=True)
     assert 0 < state["epoch"] < epochs - 1, "the signal did not land mid-run"
     task0 = (sweep / ".submitit" / job / f"{job}_0_log.err").read_text()
     assert f"SLURM job {job} requeued at SIGUSR1; it resumes from {hpc}" in task0
@@ -338,9 +338,9 @@ def test_usr1_checkpoints_requeues_once_and_the_job_finishes_from_there(tmp_path
 
     saved = json.loads((run / "metrics.json").read_text())
     assert 0.5 < saved["metrics"]["test/acc"] <= 1
-    best = torch.load(saved["best_checkpoint"], map_location="cpu", weights_only=False)
+    best = torch.load(saved["best_checkpoint"], map_location="cpu", weights_only=True)
     last_state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu",
-                            weights_only=False)
+                            weights_only=True)
     assert best["epoch"] <= last_state["epoch"] < epochs
     (row,) = _summary(sweep)
     assert row["status"] == "ok"

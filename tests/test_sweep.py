@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from classicnets.sweep import summarise_sweep
+from classicnets.runs.sweep import summarise_sweep
 
 
 def _job(sweep: Path, num: int, overrides: list[str], acc: float | None) -> None:

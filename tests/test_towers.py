@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from classicnets.parallel import TowerConfigError
-from classicnets.pipeline import train
+from classicnets.runs.pipeline import train
 
 REPO = Path(__file__).resolve().parents[1]
 MakeCfg = Callable[..., DictConfig]
@@ -100,7 +100,7 @@ def _train(tmp_path: Path, name: str, *args: str) -> Path:
 
 
 def _state(run: Path) -> dict:
-    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
 def _assert_same_weights(a: dict, b: dict) -> None:

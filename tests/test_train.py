@@ -13,10 +13,10 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from classicnets.checkpoints import CheckpointError
 from classicnets.data import DatasetError
 from classicnets.models import UnknownModelError, list_models
-from classicnets.module import CheckpointError
-from classicnets.pipeline import evaluate, train
+from classicnets.runs.pipeline import evaluate, train
 from zoo_sizes import model_marks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,13 +73,13 @@ def test_resume_continues_epochs_and_optimizer_state(make_cfg: MakeCfg) -> None:
                      out="first")
     train(first)
     last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
-    state1 = torch.load(last, weights_only=False)
+    state1 = torch.load(last, weights_only=True)
     assert state1["epoch"] == 0
     second = make_cfg("trainer.max_epochs=2", "data.batch_size=256", "test=false",
                       f"ckpt_path={last}", *QUIET, out="second")
     train(second)
     state2 = torch.load(Path(second.paths.output_dir) / "checkpoints" / "last.ckpt",
-                        weights_only=False)
+                        weights_only=True)
     assert state2["epoch"] == 1
     steps = state1["global_step"]
     assert state2["global_step"] == 2 * steps

@@ -20,9 +20,9 @@ from classicnets.analysis.deconvnet import default_layer, project, record_path, 
 from classicnets.analysis.layers import LayerError, find_layer
 from classicnets.analysis.visualize import METHODS, resolve_target, visualize
 from classicnets.data import ImageDataModule
+from classicnets.inference.predict import ImageFiles, NormalizedClassifier, Trained, load_trained
 from classicnets.models import create_model
 from classicnets.models.alexnet import TowerLRN
-from classicnets.predict import ImageFiles, NormalizedClassifier, Trained, load_trained
 from conftest import REPO, compose_config
 from trained import train_checkpoint
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image, ImageDraw
 
-from classicnets.pipeline import train
+from classicnets.runs.pipeline import train
 from conftest import compose_config
 
 SHAPES = ("circle", "square")

@@ -1,8 +1,9 @@
 """Which pixels a class score depends on, through captum: occlusion, Grad-CAM, guided backprop.
 
-All three take the model that :func:`classicnets.predict.load_trained` gives (pixels in [0, 1]
-in, logits out, normalisation inside), so maps and baselines live in pixel space. Layer names
-are those of the bare network (``trained.model.net``), as everywhere in ``analysis``.
+All three take the model that :func:`classicnets.inference.predict.load_trained` gives
+(pixels in [0, 1] in, logits out, normalisation inside), so maps and baselines live in pixel
+space. Layer names are those of the bare network (``trained.model.net``), as everywhere in
+``analysis``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from classicnets.analysis.layers import LayerError, find_layer, last_spatial_conv
-from classicnets.predict import NormalizedClassifier
+from classicnets.inference.predict import NormalizedClassifier
 
 M = TypeVar("M", bound=nn.Module)
 

@@ -1,8 +1,8 @@
 """What `src/visualize.py` does: one visualisation of a checkpoint, as PNGs (and to loggers).
 
 Images are read and prepared exactly as `src/predict.py` prepares them (the checkpoint's own
-evaluation transform, through :mod:`classicnets.predict`); every figure shows the image as the
-network saw it.
+evaluation transform, through :mod:`classicnets.inference.predict`); every figure shows the
+image as the network saw it.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from torch import Tensor
 
 from classicnets.analysis import attribution, deconvnet, features, render
 from classicnets.analysis.layers import find_layer, first_conv
-from classicnets.loggers import check_logger_config
-from classicnets.predict import (
+from classicnets.inference.predict import (
     ImageFiles,
     Trained,
     find_images,
     inference_device,
     load_trained,
 )
+from classicnets.runs.loggers import check_logger_config
 
 __all__ = ["METHODS", "draw", "resolve_target", "visualize"]
 

@@ -8,7 +8,7 @@ The parts, each in its own module:
 * :mod:`~classicnets.benchmark.settings`: the config over its device profile;
 * :mod:`~classicnets.benchmark.sections`: one module per section (``template``, ``data``,
   ``twins``, ``epoch``, ``towers``) and the registry of them;
-* :mod:`~classicnets.benchmark.report`: the CSV rows, the Markdown, the machine;
+* :mod:`~classicnets.benchmark.tables`: the CSV rows, the Markdown, the machine;
 * :mod:`~classicnets.benchmark.device`: the device every variant shares.
 
 :func:`run_benchmark` runs the configured sections in order and writes ``benchmark.md`` and
@@ -26,7 +26,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from classicnets.benchmark.device import Bench
-from classicnets.benchmark.report import (
+from classicnets.benchmark.sections import REGISTRY, SECTIONS, Context
+from classicnets.benchmark.settings import resolve_settings
+from classicnets.benchmark.tables import (
     CSV_COLUMNS,
     Row,
     SectionReport,
@@ -34,9 +36,7 @@ from classicnets.benchmark.report import (
     render_markdown,
     write_csv,
 )
-from classicnets.benchmark.sections import REGISTRY, SECTIONS, Context
-from classicnets.benchmark.settings import resolve_settings
-from classicnets.host_memory import checked_choice, retain_freed_memory
+from classicnets.runs.host_memory import checked_choice, retain_freed_memory
 
 __all__ = ["CSV_COLUMNS", "SECTIONS", "Row", "resolve_settings", "run_benchmark"]
 

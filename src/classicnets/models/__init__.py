@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from classicnets.models.factory import create_model
 from classicnets.models.layers import ClassifierOutput
 from classicnets.models.registry import (
     InputSizeError,
     ModelInfo,
     UnknownModelError,
-    create_model,
     get_model_info,
     list_models,
     register_model,
@@ -29,5 +29,5 @@ __all__ = [
 
 # Every family file registers itself; importing them here means a new file needs no edit.
 for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name not in ("layers", "registry", "table", "weights"):
+    if _mod.name not in ("factory", "layers", "registry", "table", "weights"):
         importlib.import_module(f"{__name__}.{_mod.name}")

@@ -1,4 +1,5 @@
-"""Model registry: ``@register_model`` on each builder, ``create_model``, ``list_models``.
+"""Model registry: ``@register_model`` on each builder, ``get_model_info``, ``list_models``
+(``create_model`` is in :mod:`classicnets.models.factory`: it needs the weights too).
 
 Every builder is a function taking keyword-only ``num_classes``, ``in_channels`` and
 ``input_size`` (the side of the square input) plus its own options; calling it with no
@@ -22,7 +23,6 @@ __all__ = [
     "ModelInfo",
     "PaperResult",
     "UnknownModelError",
-    "create_model",
     "get_model_info",
     "list_models",
     "register_model",
@@ -133,21 +133,6 @@ def get_model_info(name: str) -> ModelInfo:
             f"unknown model {name!r}.{hint} (`classicnets.models.list_models()` lists all "
             f"{len(_REGISTRY)} names; on the command line pick one with model=<name>)"
         ) from None
-
-
-def create_model(name: str, *, pretrained: str | bool | None = None, **kwargs: Any) -> nn.Module:
-    """Build the registered network ``name`` with the builder's keyword arguments.
-
-    ``pretrained``: ``"torchvision"``, ``"timm"`` (optionally ``:<weights name>``) or a path to
-    a state dict or classicnets checkpoint (see :mod:`classicnets.models.weights`); the
-    classifier head is kept fresh when ``num_classes`` differs from the weights'.
-    """
-    model = get_model_info(name).builder(**kwargs)
-    if pretrained:
-        from classicnets.models.weights import load_pretrained
-
-        load_pretrained(model, name, pretrained, kwargs)
-    return model
 
 
 def require_min_size(input_size: int, minimum: int, model: str) -> None:

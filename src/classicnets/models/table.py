@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from classicnets.models.registry import create_model, get_model_info, list_models
+from classicnets.models.factory import create_model
+from classicnets.models.registry import get_model_info, list_models
 from classicnets.models.weights import pretrained_column
 
 START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"

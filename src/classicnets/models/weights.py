@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from classicnets.checkpoints import CheckpointError, load_file
+
 __all__ = [
     "NO_TWIN",
     "TWINS",
@@ -681,7 +683,8 @@ def _download(name: str, spec: _Spec) -> tuple[dict[str, Tensor], Twin]:
             weights = _torchvision_weights(twin, spec.tag)
             # torch.hub caches under $TORCH_HOME/hub/checkpoints and reads the file from
             # there without the network on later runs
-            return dict(weights.get_state_dict(progress=True, check_hash=True)), twin
+            return dict(weights.get_state_dict(progress=True, check_hash=True,
+                                               weights_only=True)), twin
         timm = _timm_module()
         ref = twin.ref + (f".{spec.tag}" if spec.tag else "")
         return dict(timm.create_model(ref, pretrained=True).state_dict()), twin
@@ -702,9 +705,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    # our own checkpoints carry optimizer and loop state besides tensors
-    trusted = path.suffix == ".ckpt"
-    obj = torch.load(path, map_location="cpu", weights_only=not trusted)
+    # weights-only whatever the suffix; trust_checkpoint=true is the (logged) way past it
+    obj = load_file(path, what="weights file")
+    ours = isinstance(obj, dict) and "state_dict" in obj and "hyper_parameters" in obj
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):
@@ -712,13 +715,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
                 break
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise PretrainedError(f"{path} holds no state dict (a mapping of names to tensors)")
-    if trusted:  # ImageClassifier keeps the network under `net.`
+    if ours:  # a classicnets checkpoint: ImageClassifier keeps the network under `net.`
         obj = {k[4:]: v for k, v in obj.items() if k.startswith("net.")} or obj
     return dict(obj)
 
 
 def _read_file(name: str, path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
+    if not path.exists():
         hint = ""
         if name in TWINS:
             hint = f" For {name}, that is {_where(name, TWINS[name][0])}."
@@ -727,7 +730,7 @@ def _read_file(name: str, path: Path) -> dict[str, Tensor]:
             f".safetensors or classicnets .ckpt of {name}).{hint}")
     try:
         return read_state_dict(path)
-    except PretrainedError:
+    except (PretrainedError, CheckpointError):  # they name the file and what it is
         raise
     except Exception as err:  # torch.load / safetensors raise many types for a bad file
         raise PretrainedError(f"{path} could not be read as a state dict ({type(err).__name__}:"
@@ -933,7 +936,7 @@ def _checkpoint_preprocessing(path: str, mtime: float) -> Preprocessing | None:
     module's hyperparameters); ``mtime`` keys the cache."""
     from classicnets.data.catalogue import get_spec
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    ckpt = load_file(path, mmap=True)
     saved = (ckpt.get("ImageDataModule") or {}).get("eval_transform")
     if saved:
         return Preprocessing(int(saved["image_size"]), int(saved["resize_size"]),

@@ -9,7 +9,7 @@ A seeded sampler would also start its random sequence again on every launch: a s
 interrupted during its random start-up trials would repeat them when relaunched. A launch that
 continues a study seeds the sampler with ``seed + trials already in the study`` instead, which
 is as reproducible and draws new points. And before the first trial, the search space is
-checked against the config (``classicnets.sweep.check_sweep``: a misspelt key fails at once,
+checked against the config (``classicnets.runs.sweep.check_sweep``: a misspelt key fails at once,
 listing the valid ones, rather than at the first trial) and the study is opened or checked
 (``open_study``). Sampling, storage, failures and results stay the plugin's own.
 
@@ -59,7 +59,7 @@ class TrialDirOptunaSweeper(OptunaSweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         # before the first trial (Hydra's callbacks cannot stop a multirun: they only warn)
-        from classicnets.sweep import check_sweep, open_study
+        from classicnets.runs.sweep import check_sweep, open_study
 
         check_sweep(self.sweeper.config)
         open_study(self.sweeper.config)
@@ -88,7 +88,7 @@ class TrialDirOptunaSweeper(OptunaSweeper):
         config = self.sweeper.config
         sweep_dir = str(config.hydra.sweep.dir)
         try:
-            from classicnets.sweep import summarise_study
+            from classicnets.runs.sweep import summarise_study
 
             if self.sweeper.storage and self.sweeper.study_name:
                 summarise_study(Path(sweep_dir), str(self.sweeper.storage),
@@ -102,7 +102,7 @@ class TrialDirOptunaSweeper(OptunaSweeper):
         they would look in progress for ever, to the summary and to other launchers."""
         from optuna.trial import TrialState
 
-        from classicnets.sweep import INTERRUPTED_ATTR
+        from classicnets.runs.sweep import INTERRUPTED_ATTR
 
         if not self._launched:
             return

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from classicnets.benchmark.report import SectionReport
 from classicnets.benchmark.sections import (
     data,
     decode,
@@ -22,6 +21,7 @@ from classicnets.benchmark.sections import (
     twins,
 )
 from classicnets.benchmark.sections.common import Context
+from classicnets.benchmark.tables import SectionReport
 
 __all__ = ["REGISTRY", "SECTIONS", "Context", "SectionReport"]
 

@@ -12,15 +12,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from classicnets.benchmark.measure import alternate, summarise
-from classicnets.benchmark.report import (
-    Row,
-    SectionReport,
-    fmt,
-    fmt_estimate,
-    paired_fields,
-    table,
-    verdict,
-)
 from classicnets.benchmark.sections.common import (
     Context,
     TrainLoop,
@@ -29,6 +20,15 @@ from classicnets.benchmark.sections.common import (
     param_count,
     prefetched_batches,
     quiet_lightning,
+)
+from classicnets.benchmark.tables import (
+    Row,
+    SectionReport,
+    fmt,
+    fmt_estimate,
+    paired_fields,
+    table,
+    verdict,
 )
 
 __all__ = ["measure"]

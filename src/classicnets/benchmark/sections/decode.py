@@ -24,7 +24,13 @@ import numpy as np
 from PIL import Image
 
 from classicnets.benchmark.measure import alternate, summarise
-from classicnets.benchmark.report import (
+from classicnets.benchmark.sections.common import (
+    Context,
+    device_batches,
+    prefetched_batches,
+    quiet_lightning,
+)
+from classicnets.benchmark.tables import (
     Row,
     SectionReport,
     fmt,
@@ -32,12 +38,6 @@ from classicnets.benchmark.report import (
     paired_fields,
     table,
     verdict,
-)
-from classicnets.benchmark.sections.common import (
-    Context,
-    device_batches,
-    prefetched_batches,
-    quiet_lightning,
 )
 
 __all__ = ["measure", "write_jpeg_folder"]

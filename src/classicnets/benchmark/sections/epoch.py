@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from classicnets.benchmark.report import Row, SectionReport, fmt, table
 from classicnets.benchmark.sections.common import (
     Context,
     datamodule,
@@ -18,6 +17,7 @@ from classicnets.benchmark.sections.common import (
     quiet_lightning,
     sgd,
 )
+from classicnets.benchmark.tables import Row, SectionReport, fmt, table
 
 __all__ = ["measure"]
 
@@ -76,7 +76,7 @@ def _render(rows: list[Row], ctx: Context) -> list[str]:
 
 def measure(ctx: Context) -> SectionReport:
     from classicnets.models import create_model
-    from classicnets.module import ImageClassifier
+    from classicnets.training.module import ImageClassifier
 
     s, bench = ctx.settings, ctx.bench
     e, t = s.epoch, s.template

@@ -1,5 +1,5 @@
 """Section ``memory``: CPU training steps with glibc's default allocator settings vs
-``host_memory=retain`` (:mod:`classicnets.host_memory`).
+``host_memory=retain`` (:mod:`classicnets.runs.host_memory`).
 
 ``mallopt`` changes a process for good, so each window is a fresh process: ``rounds`` pairs of
 processes, ``system`` and ``retain`` alternating (A, B, B, A, ...), each building the network,
@@ -19,7 +19,8 @@ import textwrap
 from omegaconf import DictConfig
 
 from classicnets.benchmark.measure import Window, summarise
-from classicnets.benchmark.report import (
+from classicnets.benchmark.sections.common import Context
+from classicnets.benchmark.tables import (
     Row,
     SectionReport,
     fmt,
@@ -28,7 +29,6 @@ from classicnets.benchmark.report import (
     table,
     verdict,
 )
-from classicnets.benchmark.sections.common import Context
 
 __all__ = ["measure"]
 
@@ -41,7 +41,7 @@ VARIANTS = ("system", "retain")  # the first is the baseline
 _WINDOW = textwrap.dedent("""
     import json, sys, time, torch
     import torch.nn.functional as F
-    from classicnets.host_memory import minor_faults, retain_freed_memory
+    from classicnets.runs.host_memory import minor_faults, retain_freed_memory
     from classicnets.models import create_model
     variant, model, bs, size, warmup, steps, threads, seed = sys.argv[1:9]
     bs, size, warmup, steps, threads = map(int, (bs, size, warmup, steps, threads))

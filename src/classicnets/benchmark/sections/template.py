@@ -34,7 +34,14 @@ from torch import Tensor, nn
 
 from classicnets.benchmark.device import Bench
 from classicnets.benchmark.measure import Window, calibrated_steps, summarise, timed_window
-from classicnets.benchmark.report import (
+from classicnets.benchmark.sections.common import (
+    Context,
+    TrainLoop,
+    param_count,
+    quiet_lightning,
+    sgd,
+)
+from classicnets.benchmark.tables import (
     Row,
     SectionReport,
     fmt,
@@ -42,13 +49,6 @@ from classicnets.benchmark.report import (
     paired_fields,
     table,
     verdict,
-)
-from classicnets.benchmark.sections.common import (
-    Context,
-    TrainLoop,
-    param_count,
-    quiet_lightning,
-    sgd,
 )
 
 __all__ = ["TARGET_RATIO", "measure"]
@@ -155,7 +155,7 @@ def _case(
 
     ``module_compile`` (``"step"``/``"network"``): the template compiled so, against the eager
     plain loop (``None``: both as ``bench.compile`` says)."""
-    from classicnets.module import ImageClassifier
+    from classicnets.training.module import ImageClassifier
 
     rounds, warmup, window = int(t.rounds), int(t.warmup_steps), int(t.window_steps)
     min_window_s = float(t.get("min_window_s") or 0.0)

@@ -1,8 +1,8 @@
 """Section ``towers``: AlexNet's two towers on two processes vs DDP on the same two.
 
-The processes are run by :mod:`classicnets.parallel.bench`; each holds both layouts and times
-their windows alternately. Reported: step time (the slower process of each window) and the
-parameters and optimizer state one process holds.
+The processes are run by :mod:`classicnets.benchmark.tower_processes`; each holds both
+layouts and times their windows alternately. Reported: step time (the slower process of each
+window) and the parameters and optimizer state one process holds.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 
 from classicnets.benchmark.measure import Window, summarise
-from classicnets.benchmark.report import Row, SectionReport, fmt, paired_fields, table
 from classicnets.benchmark.sections.common import Context
+from classicnets.benchmark.tables import Row, SectionReport, fmt, paired_fields, table
 
 __all__ = ["measure"]
 
@@ -41,7 +41,7 @@ def _render(rows: list[Row]) -> list[str]:
 
 def measure(ctx: Context) -> SectionReport:
     """AlexNet's towers vs DDP, two processes each holding both layouts (alternated windows)."""
-    from classicnets.parallel.bench import measure_towers
+    from classicnets.benchmark.tower_processes import measure_towers
 
     t, bench = ctx.settings.towers, ctx.bench
     settings = {"device": bench.device.type, "precision": bench.precision,

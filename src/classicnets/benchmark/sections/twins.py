@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from classicnets.benchmark.device import Bench
 from classicnets.benchmark.measure import alternate, summarise
-from classicnets.benchmark.report import (
+from classicnets.benchmark.sections.common import Context, logits, param_count, state_bytes
+from classicnets.benchmark.tables import (
     Row,
     SectionReport,
     fmt,
@@ -25,7 +26,6 @@ from classicnets.benchmark.report import (
     paired_fields,
     table,
 )
-from classicnets.benchmark.sections.common import Context, logits, param_count, state_bytes
 
 __all__ = ["measure"]
 

@@ -293,7 +293,7 @@ def _grid_params(swept: list[dict[str, str]]) -> tuple[list[dict[str, Any]], dic
 
 def _draw(sweep_dir: Path, **kwargs: Any) -> Path | None:
     """Draw the sweep plot; a finished sweep must not fail on a figure, so say why instead."""
-    from classicnets.plots import plot_sweep
+    from classicnets.runs.plots import plot_sweep
 
     try:
         path = plot_sweep(sweep_dir / PLOT_NAME, **kwargs)
@@ -312,7 +312,7 @@ def summarise_sweep(sweep_dir: Path, metric: str | None = None) -> list[dict[str
     job by ``metric`` (default: each job's ``optimized_metric``) is marked when the metric's
     name says which way is better.
     """
-    from classicnets.plots import SweepPoint
+    from classicnets.runs.plots import SweepPoint
 
     jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()),
                   key=lambda p: int(p.name))
@@ -382,7 +382,7 @@ def summarise_study(sweep_dir: Path, storage: str, study_name: str,
     """
     import optuna
 
-    from classicnets.plots import SweepPoint
+    from classicnets.runs.plots import SweepPoint
 
     study = optuna.load_study(study_name=study_name, storage=storage)
     trials = study.get_trials(deepcopy=False)
@@ -441,7 +441,7 @@ def summarise_study(sweep_dir: Path, storage: str, study_name: str,
 
 def redraw_sweep(sweep_dir: Path) -> None:
     """Write a finished sweep's summary and plot again from its files (``multirun.yaml``, the
-    jobs' ``metrics.json``, the study database): ``python -m classicnets.plots <sweep dir>``."""
+    jobs' ``metrics.json``, the study database): ``python src/plots.py <sweep dir>``."""
     saved = sweep_dir / "multirun.yaml"
     cfg = OmegaConf.load(saved) if saved.is_file() else OmegaConf.create({})
     with open_dict(cfg):  # the directory as it is now: the sweep may have been moved

@@ -22,11 +22,16 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from classicnets import host_memory
 from classicnets.callbacks.guard import TrainingInterrupted
-from classicnets.config_check import ConfigError, check_config
+from classicnets.checkpoints import CheckpointError, is_trusted
 from classicnets.data import ImageDataModule
-from classicnets.loggers import (
+from classicnets.instantiate import instantiate_clean
+from classicnets.parallel.launch import check_world_matches
+from classicnets.parallel.slurm import newest_checkpoint, requeued_checkpoint
+from classicnets.paths import REPO_ROOT
+from classicnets.runs import host_memory
+from classicnets.runs.config_check import ConfigError, check_config
+from classicnets.runs.loggers import (
     check_logger_config,
     close_stale_wandb_run,
     drop_callbacks_needing_a_logger,
@@ -34,20 +39,17 @@ from classicnets.loggers import (
     name_wandb_group,
     resume_wandb_run,
 )
-from classicnets.module import CheckpointError, ImageClassifier, instantiate_clean
-from classicnets.parallel.launch import check_world_matches
-from classicnets.parallel.slurm import newest_checkpoint, requeued_checkpoint
-from classicnets.preflight import (
+from classicnets.runs.preflight import (
     check_checkpoint_fits,
     check_data_fits_model,
     check_free_space,
     check_writable,
 )
+from classicnets.training.module import ImageClassifier
 
 __all__ = ["evaluate", "load_env", "resume_arguments", "train"]
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_env() -> None:
@@ -273,7 +275,7 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
 
 def _host_memory(cfg: DictConfig, trainer: L.Trainer) -> None:
     """``host_memory=retain`` on a CPU run: glibc keeps freed memory (no page faults per step;
-    see :mod:`classicnets.host_memory`). Accelerators allocate on the device: nothing to do."""
+    see :mod:`classicnets.runs.host_memory`). Accelerators allocate on the device: nothing to do."""
     how = host_memory.checked_choice(cfg.get("host_memory"))
     if how == "retain" and trainer.strategy.root_device.type == "cpu":
         host_memory.retain_freed_memory()
@@ -324,7 +326,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
         if ckpt_path:
             check_checkpoint_fits(ckpt_path, module)
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path,
+                        weights_only=not is_trusted())
         except (TrainingInterrupted, SIGTERMException) as stop:
             _stopped(stop, trainer, out_dir)  # exits non-zero with the resume command
     elif cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
@@ -342,7 +345,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
             log.warning("no best checkpoint (checkpointing off?): testing the current weights")
         try:
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None,
-                         weights_only=False)
+                         weights_only=not is_trusted())
         except SIGTERMException as stop:  # Lightning's own, with exit status 0
             _stopped(stop, trainer, out_dir, testing=True)
         metrics.update(_metrics(trainer))
@@ -373,7 +376,7 @@ def _write_metrics(out_dir: Path, metrics: dict[str, float], value: float | None
 
 def _draw_plots(out_dir: Path) -> None:
     """Loss/accuracy/learning-rate PNGs into <run>/plots/ (from the CSV logger's file)."""
-    from classicnets.plots import plot_run
+    from classicnets.runs.plots import plot_run
 
     if not (out_dir / "csv" / "metrics.csv").is_file():
         log.info("no csv/metrics.csv (the CSV logger is off): no run plots")
@@ -381,7 +384,7 @@ def _draw_plots(out_dir: Path) -> None:
     try:
         files = plot_run(out_dir)
     except Exception as err:  # a finished run must not fail on a figure; say why instead
-        log.warning("run plots failed (%s: %s); redraw with python -m classicnets.plots %s",
+        log.warning("run plots failed (%s: %s); redraw with python -m classicnets.runs.plots %s",
                     type(err).__name__, err, out_dir)
         return
     log.info("plots: %s", ", ".join(str(f) for f in files))

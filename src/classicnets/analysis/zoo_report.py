@@ -1,6 +1,6 @@
 """The zoo report: every registered network measured side by side at one input size.
 
-    python src/report.py [overrides]          # or: classicnets-report, python -m classicnets.report
+    python src/report.py [overrides]          # or: classicnets-report
 
 For each selected network (``models=all`` or a list, minus ``exclude``), built for
 ``image_size`` / ``num_classes`` / ``in_channels`` (a dataset's with ``data=<name>``):
@@ -323,7 +323,7 @@ def _paper_cell(row: ZooRow) -> str:
 
 def render_markdown(rows: Sequence[ZooRow], s: dict[str, Any], info: dict[str, str]) -> str:
     """zoo.md: settings, method, the table of measured networks, and the ones that did not run."""
-    from classicnets.benchmark.report import table
+    from classicnets.benchmark.tables import table
 
     size, bs = s["image_size"], s["batch_size"]
     ran = [r for r in rows if r.status != "cannot run"]
@@ -514,7 +514,7 @@ def run_report(cfg: DictConfig) -> list[ZooRow]:
     """Measure the selected networks; write zoo.md, zoo.csv and the plots to the run directory
     (the tables after every network, so an interrupted run keeps what it measured)."""
     from classicnets.benchmark.device import Bench
-    from classicnets.benchmark.report import machine_info
+    from classicnets.benchmark.tables import machine_info
 
     s = _settings(cfg)
     out_dir = _output_dir()
@@ -547,8 +547,3 @@ def run_report(cfg: DictConfig) -> list[ZooRow]:
     log.info("wrote zoo.md, zoo.csv and plots to %s", out_dir)
     return rows
 
-
-if __name__ == "__main__":
-    from classicnets.cli import report_main
-
-    report_main()

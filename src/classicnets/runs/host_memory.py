@@ -22,7 +22,7 @@ import logging
 import sys
 from typing import Any
 
-from classicnets.config_check import ConfigError
+from classicnets.runs.config_check import ConfigError
 
 __all__ = ["CHOICES", "checked_choice", "minor_faults", "retain_freed_memory"]
 

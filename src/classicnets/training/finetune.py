@@ -69,7 +69,7 @@ def head_parameter_names(net: nn.Module, model_cfg: Mapping[str, Any] | None) ->
     architecture. Without it: the parameters of the last module that has any.
     """
     if model_cfg and "num_classes" in model_cfg:
-        from classicnets.module import instantiate_clean
+        from classicnets.instantiate import instantiate_clean
 
         cfg = {**model_cfg, "num_classes": int(model_cfg["num_classes"]) + 1}
         cfg.pop("pretrained", None)

@@ -9,11 +9,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from classicnets.config_check import ConfigError
-from classicnets.module import CheckpointError, ImageClassifier
+from classicnets.checkpoints import CheckpointError, load_file
+from classicnets.runs.config_check import ConfigError
+from classicnets.training.module import ImageClassifier
 
 __all__ = ["RunDirectoryError", "check_checkpoint_fits", "check_data_fits_model",
            "check_free_space", "check_writable"]
@@ -78,15 +78,8 @@ def _describe_network(model_cfg: Any) -> str:
 def check_checkpoint_fits(path: str, module: ImageClassifier) -> None:
     """A checkpoint of another network fails with a list of every mismatched weight; say which
     network it holds instead, before training starts."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # a damaged or foreign file; the fit would fail the same way
-        if "Unsupported global" in str(err):
-            return  # objects beyond tensors and plain values: Lightning's load decides
-        raise CheckpointError(
-            f"{path} is not a loadable checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); check the file is complete and "
-            f"was written by classicnets") from None
+    # weights-only (refused here, naming the type, unless trust_checkpoint=true)
+    ckpt = load_file(path, mmap=True)
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a classicnets training checkpoint (it has no "

@@ -1,6 +1,6 @@
 """Export a checkpoint: `python src/export.py ckpt_path=... format=onnx|torchscript`.
 
-The exported model is :class:`~classicnets.predict.NormalizedClassifier`: it takes float32
+The exported model is :class:`~classicnets.inference.predict.NormalizedClassifier`: it takes float32
 images ``(batch, C, S, S)`` with values in [0, 1] (RGB order, or one grey channel), resized and
 centre-cropped as the checkpoint's evaluation transform says, normalises them inside, and
 returns logits ``(batch, num_classes)``; the batch axis is dynamic. Float rather than uint8
@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from classicnets.predict import NormalizedClassifier, Trained, load_trained
+from classicnets.inference.predict import NormalizedClassifier, Trained, load_trained
 
 __all__ = [
     "FORMATS",

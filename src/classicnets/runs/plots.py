@@ -4,18 +4,16 @@ A run's curves come from its ``csv/metrics.csv`` (Lightning's CSV logger, on by 
 and accuracy per epoch, train against validation, and the learning rate. ``train.py`` draws
 them into ``<run>/plots/`` when it finishes;
 
-    python -m classicnets.plots <run dir | sweep dir> [...]
+    python -m classicnets.runs.plots <run dir | sweep dir> [...]
 
 redraws them for any past run, or for every job of a sweep (and the sweep's own plot).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +116,7 @@ def plot_run(run_dir: Path) -> list[Path]:
     return written
 
 
-# ------------------------------------------------------------------ sweeps (classicnets.sweep)
+# ------------------------------------------------------------------ sweeps (classicnets.runs.sweep)
 
 
 @dataclass(frozen=True)
@@ -199,43 +197,3 @@ def plot_sweep(path: Path, metric: str, points: Sequence[SweepPoint],
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def _is_sweep(path: Path) -> bool:
-    return any(p.is_dir() and p.name.isdigit() for p in path.iterdir())
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m classicnets.plots",
-        description="Redraw the PNG plots of runs (<run>/plots/) or of every job of sweeps.")
-    parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories")
-    args = parser.parse_args(argv)
-    status = 0
-    for path in args.dirs:
-        if not path.is_dir():
-            print(f"{path}: not a directory (pass logs/<task>/runs/<time> or a multirun dir)",
-                  file=sys.stderr)
-            status = 2
-            continue
-        sweep = _is_sweep(path)
-        runs = sorted((p for p in path.iterdir() if p.is_dir() and p.name.isdigit()),
-                      key=lambda p: int(p.name)) if sweep else [path]
-        for run in runs:
-            try:
-                files = plot_run(run)
-            except FileNotFoundError as err:
-                print(f"{run}: {err}", file=sys.stderr)
-                status = 2
-                continue
-            print(f"{run}: {', '.join(f.name for f in files) or 'no metrics to plot'}")
-        if sweep:  # the sweep's own table and plot (every trial of a study)
-            from classicnets.sweep import redraw_sweep
-
-            redraw_sweep(path)
-            print(f"{path}: sweep_summary.md, sweep_plot.png")
-    return status
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,7 +4,7 @@ A checkpoint carries its class names and evaluation transform (the DataModule's 
 so nothing else is needed. Images of any size and mode are converted as in training (RGB by
 dropping alpha, as torchvision's ImageFolder does; grey through the transform), loaded in
 batches, and classified on the device; a file that cannot be read as an image gets its error in
-the CSV and the others go on. :func:`load_trained` also serves `classicnets.export`.
+the CSV and the others go on. :func:`load_trained` also serves `classicnets.inference.export`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from classicnets.checkpoints import CheckpointError, load_file
 from classicnets.data import ImageDataModule
 from classicnets.data.transforms import EvalTransform
-from classicnets.module import CheckpointError, ImageClassifier, instantiate_clean
+from classicnets.instantiate import instantiate_clean
+from classicnets.training.module import ImageClassifier
 
 __all__ = [
     "ImageFiles",
@@ -85,10 +87,7 @@ class Trained:
 def _saved_data(path: Path) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
     """(the DataModule's saved state, its saved hyper-parameters) from a checkpoint, without
     reading the weights again (memory-mapped)."""
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:  # an old (non-zip) serialisation cannot be memory-mapped
-        raw = torch.load(path, map_location="cpu", weights_only=False)
+    raw = load_file(path, mmap=True)
     state = raw.get(ImageDataModule.__qualname__) or {}
     hparams = raw.get(ImageDataModule.CHECKPOINT_HYPER_PARAMS_KEY) or {}
     del raw

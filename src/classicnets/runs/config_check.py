@@ -51,7 +51,7 @@ def explain_override_error(config_name: str, overrides: list[str]) -> str | None
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
 
-    from classicnets.cli import CONFIG_DIR
+    from classicnets.paths import CONFIG_DIR
 
     try:
         parsed = OverridesParser.create().parse_overrides(
@@ -231,7 +231,7 @@ def _example(param: inspect.Parameter, allowed: set[Any]) -> str:
 def check_config(cfg: DictConfig) -> None:
     """Refuse arguments a group's target does not take, and scalar values of the wrong type,
     naming the valid keys (trainer, data, model, optimizer, module, callbacks, logger)."""
-    from classicnets.module import ImageClassifier
+    from classicnets.training.module import ImageClassifier
 
     for group in SINGLE_TARGETS:
         node = cfg.get(group)

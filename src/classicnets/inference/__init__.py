@@ -1,0 +1,1 @@
+"""Using a trained network: prediction on images and export (TorchScript, ONNX)."""

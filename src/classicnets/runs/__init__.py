@@ -1,0 +1,2 @@
+"""The life of a run: config checks, preflight, loggers, the pipeline of train/eval, sweeps
+and their plots."""
