@@ -157,8 +157,9 @@ def load_file(path: str | os.PathLike, *, trust: bool | None = None, what: str =
     except pickle.UnpicklingError as err:
         refused = _refused_global(err)
         if trust or refused is None:
-            raise CheckpointError(f"{path} is not a readable torch {what} "
-                                  f"({_first_line(err)})") from None
+            reason = ("its pickle data is damaged or was not written by torch.save"
+                      if "Weights only load failed" in str(err) else _first_line(err))
+            raise CheckpointError(f"{path} is not a readable torch {what} ({reason})") from None
         raise UntrustedCheckpointError(
             f"{path} holds a {refused} object, which the weights-only loader refuses: "
             f"unpickling it could run code from the file. If you made this file or trust its "

@@ -84,10 +84,11 @@ class Trained:
                          "is inside", "output": "logits (batch, num_classes)"}
 
 
-def _saved_data(path: Path) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+def _saved_data(path: Path, trust: bool | None
+                ) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
     """(the DataModule's saved state, its saved hyper-parameters) from a checkpoint, without
     reading the weights again (memory-mapped)."""
-    raw = load_file(path, mmap=True)
+    raw = load_file(path, trust=trust, mmap=True)
     state = raw.get(ImageDataModule.__qualname__) or {}
     hparams = raw.get(ImageDataModule.CHECKPOINT_HYPER_PARAMS_KEY) or {}
     del raw
@@ -123,16 +124,19 @@ def _check_matches(model_cfg: Mapping[str, Any], classes: Sequence[str],
             "trained on> to override them")
 
 
-def load_trained(ckpt_path: str | os.PathLike, data_cfg: DictConfig | None = None) -> Trained:
+def load_trained(ckpt_path: str | os.PathLike, data_cfg: DictConfig | None = None, *,
+                 trust: bool | None = None) -> Trained:
     """Load a checkpoint for inference with its class names and evaluation transform.
 
     ``data_cfg`` (a ``conf/data`` config) is needed only for checkpoints written before
     checkpoints carried these; given anyway, it replaces them and must fit the network.
+    The file is read weights-only unless ``trust`` (``None``: the ``trust_checkpoint``
+    setting of the running entry point; see :mod:`classicnets.checkpoints`).
     """
     path = Path(ckpt_path).expanduser()
-    module = ImageClassifier.load_checkpoint(path)
+    module = ImageClassifier.load_checkpoint(path, trust=trust)
     model_cfg = module.hparams.get("model") or {}
-    state, data_hparams = _saved_data(path)
+    state, data_hparams = _saved_data(path, trust)
     if data_cfg is not None:
         classes, transform = _from_data_config(data_cfg)
         log.info("class names and transform from data=%s (not from the checkpoint)",

@@ -702,9 +702,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     ``state_dict``/``model``) or a classicnets ``.ckpt`` (its network's weights)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file as load_safetensors
 
-        return load_file(str(path))
+        return load_safetensors(str(path))  # tensors only: no code can be in the format
     # weights-only whatever the suffix; trust_checkpoint=true is the (logged) way past it
     obj = load_file(path, what="weights file")
     ours = isinstance(obj, dict) and "state_dict" in obj and "hyper_parameters" in obj

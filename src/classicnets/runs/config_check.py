@@ -228,6 +228,23 @@ def _example(param: inspect.Parameter, allowed: set[Any]) -> str:
     return next((str(a[1]) for a in allowed if isinstance(a, tuple)), "null")
 
 
+def resolved(node: DictConfig) -> Any:
+    """``node`` as plain containers, resolved. An error of ours raised by a resolver (e.g.
+    ``${pretrained:...}`` reading a refused weights file) comes out as itself, not wrapped in
+    OmegaConf's InterpolationResolutionError."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        return OmegaConf.to_container(node, resolve=True)
+    except InterpolationResolutionError as err:
+        cause: BaseException | None = err  # OmegaConf chains the resolver's error as context
+        while cause is not None and not type(cause).__module__.startswith("classicnets"):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
 def check_config(cfg: DictConfig) -> None:
     """Refuse arguments a group's target does not take, and scalar values of the wrong type,
     naming the valid keys (trainer, data, model, optimizer, module, callbacks, logger)."""
@@ -236,7 +253,7 @@ def check_config(cfg: DictConfig) -> None:
     for group in SINGLE_TARGETS:
         node = cfg.get(group)
         if isinstance(node, DictConfig):
-            plain = OmegaConf.to_container(node, resolve=True)
+            plain = resolved(node)
             target = _target_of(plain)
             if target is None:
                 continue
@@ -248,7 +265,7 @@ def check_config(cfg: DictConfig) -> None:
             _check_call(group, plain, target, skip=skip)
     module = cfg.get("module")
     if isinstance(module, DictConfig):
-        _check_call("module", OmegaConf.to_container(module, resolve=True), ImageClassifier,
+        _check_call("module", resolved(module), ImageClassifier,
                     skip=("model", "optimizer", "scheduler"))
     for group in MANY_TARGETS:
         node = cfg.get(group)
@@ -257,7 +274,7 @@ def check_config(cfg: DictConfig) -> None:
         for name in node:
             sub = node.get(name)
             if isinstance(sub, DictConfig):
-                plain = OmegaConf.to_container(sub, resolve=True)
+                plain = resolved(sub)
                 target = _target_of(plain)
                 if target is not None:
                     _check_call(f"{group}.{name}", plain, target)

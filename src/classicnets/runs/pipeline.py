@@ -222,7 +222,7 @@ def _checkpoint_to_resume(cfg: DictConfig, trainer: L.Trainer, resume_dir: Path 
                           ) -> str | None:
     ckpt = cfg.get("ckpt_path")
     if ckpt and ckpt != "last":
-        if not Path(ckpt).is_file():
+        if not Path(ckpt).exists():  # what an existing non-file is, the preflight read says
             raise CheckpointError(f"ckpt_path={ckpt} does not exist; point it at a .ckpt file, "
                                   "or continue a run in its directory with resume=<run dir>")
         return str(ckpt)
