@@ -122,7 +122,7 @@ def test_data_that_does_not_fit_the_network(make_cfg: MakeCfg, override: str, me
     (["data.batch_sise=32"], "augment, batch_size, distortion, download", "batch_size"),
     (["model=resnet20", "model.num_clases=3"], "in_channels, input_size, name, num_classes",
      "num_classes"),
-    (["module.nan_polcy=skip"], "label_smoothing, lean_loop, nan_policy", "nan_policy"),
+    (["module.nan_polcy=skip"], "label_smoothing, nan_policy", "nan_policy"),
     (["optimizer=adam", "optimizer.weight_decy=0"], "lr, weight_decay", "weight_decay"),
     (["scheduler.warmup_epoch=2"], "min_lr, name, warmup_epochs", "warmup_epochs"),
     (["trainer.max_epoch=5"], "log_every_n_steps, max_epochs, min_epochs", "max_epochs"),
@@ -242,5 +242,5 @@ def test_a_file_that_is_no_checkpoint_is_named(make_cfg: MakeCfg, tmp_path: Path
     path = tmp_path / "notes.ckpt"
     path.write_text("not a checkpoint")
     cfg = make_cfg(f"ckpt_path={path}", *QUIET)
-    with pytest.raises(CheckpointError, match=r"notes\.ckpt is not a loadable checkpoint"):
+    with pytest.raises(CheckpointError, match=r"notes\.ckpt is a text file \(it starts 'not a checkpoint'\), not a torch checkpoint"):
         train(cfg)

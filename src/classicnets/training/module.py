@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +20,6 @@ from torchmetrics.classification import MulticlassAccuracy
 from classicnets.checkpoints import CheckpointError, is_trusted, load_file
 from classicnets.instantiate import instantiate_clean
 from classicnets.models.layers import ClassifierOutput
-from classicnets.training import lean_loop
 from classicnets.training.compiled_step import (
     CompiledOptimizerStep,
     check_trainer,
@@ -39,9 +37,6 @@ from classicnets.training.finetune import (
 from classicnets.training.optim import build_scheduler, param_groups
 
 __all__ = ["ImageClassifier"]
-
-# training steps whose correct predictions are counted together (see training_step)
-PENDING_STEPS = 16
 
 NAN_POLICIES = ("stop", "skip")
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1,
@@ -77,9 +72,6 @@ class ImageClassifier(L.LightningModule):
         finetune: fine-tuning a pretrained network (``conf/module``: ``freeze_backbone_epochs``,
             ``backbone_lr_mult``, ``freeze_bn``; :mod:`classicnets.training.finetune`).
         num_classes: needed only when ``model`` is a module (else read from its config).
-        lean_loop: run each training step through :mod:`classicnets.training.lean_loop` — Lightning's
-            hooks, progress and semantics at a fraction of its host time; configurations it
-            does not cover (DDP, accumulation, manual optimization, ...) use Lightning's step.
 
     A ``pretrained`` entry of the model config fills the network when it is built; it is not
     kept in the hyperparameters: the weights are in every checkpoint from then on, so loading
@@ -101,7 +93,6 @@ class ImageClassifier(L.LightningModule):
         nan_policy: str = "stop",
         finetune: Mapping[str, Any] | None = None,
         num_classes: int | None = None,
-        lean_loop: bool = True,
     ) -> None:
         super().__init__()
         # plain containers in hparams: the checkpoint then rebuilds everything by itself
@@ -141,10 +132,6 @@ class ImageClassifier(L.LightningModule):
         self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(2))
         # training loss/accuracy: running sums on the device (see training_step)
         self._train_sums: Tensor | None = None
-        self._train_seen = 0  # samples of the epoch counted on the host (nan_policy=stop)
-        # (logits, labels) of recent steps, detached, whose correct predictions are not yet
-        # in the sums (nan_policy=stop; see training_step)
-        self._pending: list[tuple[Tensor, Tensor]] = []
         self._step_finite: Tensor | None = None  # nan_policy=skip: this step's losses finite
         self.val_acc_best = MaxMetric()
         self._restored_best: float | None = None  # from a checkpoint, applied at train start
@@ -154,17 +141,6 @@ class ImageClassifier(L.LightningModule):
         self._cudagraphs = False
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
-
-    # ------------------------------------------------------------------ per-step host cost
-    def __setattr__(self, name: str, value: Any) -> None:
-        # The Trainer sets `_current_fx_name` (a string) around every hook call — dozens of
-        # times per step — and the training step counts its samples (an int);
-        # nn.Module.__setattr__ spends microseconds each time checking whether the value is a
-        # parameter, buffer or submodule. A string or an int is none of those.
-        if name in ("_current_fx_name", "_train_seen"):
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     # ------------------------------------------------------------------ forward / loss
     def configure_model(self) -> None:
@@ -208,14 +184,6 @@ class ImageClassifier(L.LightningModule):
         return F.cross_entropy(out, y, label_smoothing=ls), out
 
     # ------------------------------------------------------------------ steps
-    def on_fit_start(self) -> None:
-        if self.hparams.get("lean_loop", True):  # Lightning's step semantics, less host time
-            lean_loop.install(self.trainer)
-
-    def teardown(self, stage: str) -> None:
-        if stage == "fit" and self._trainer is not None:
-            lean_loop.uninstall(self.trainer)
-
     def on_train_start(self) -> None:
         self.val_loss.reset()
         self.val_acc.reset()
@@ -237,8 +205,6 @@ class ImageClassifier(L.LightningModule):
     # kernels never drains. `python src/benchmark.py sections=[template]` measures the rest.
     def on_train_epoch_start(self) -> None:
         self._train_sums = None
-        self._train_seen = 0
-        self._pending.clear()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
@@ -266,31 +232,12 @@ class ImageClassifier(L.LightningModule):
                 self._step_finite = finite if prior is None else prior & finite
             return loss
         # nan_policy=stop: a non-finite loss makes the loss sum non-finite (divergence_flag).
-        # One kernel per step: the loss, on a detached tensor (no grad-mode switch); the
-        # sample count stays on the host, and the correct predictions of PENDING_STEPS steps
-        # are counted at once (an integer count: exact whatever the grouping, so a resumed
-        # run sums to the same figures). Both join the sums where they are read (_epoch_sums)
-        sums[0].add_(loss.detach(), alpha=n)
-        self._train_seen += n
-        pending = self._pending
-        pending.append((logits.detach(), y))
-        # CUDA graphs reuse their output buffers at the next replay: count at once there
-        if len(pending) >= PENDING_STEPS or self._cudagraphs:
-            self._count_pending()
+        # Every sample counts, on the device: no value is read back, so the queue never drains
+        with torch.no_grad():
+            sums[0].add_(loss.detach(), alpha=n)
+            sums[1].add_((logits.argmax(dim=1) == y).sum())
+            sums[2].add_(n)
         return loss
-
-    def _count_pending(self) -> None:
-        """Add the pending steps' correct predictions to the epoch's sums (a few kernels)."""
-        pending, sums = self._pending, self._train_sums
-        if not pending or sums is None:
-            return
-        if len(pending) == 1:
-            logits, labels = pending[0]
-        else:
-            logits = torch.cat([p[0] for p in pending])
-            labels = torch.cat([p[1] for p in pending])
-        sums[1].add_((logits.argmax(dim=1) == labels).sum())
-        pending.clear()
 
     def divergence_flag(self) -> Tensor | None:
         """On the device, nonzero when a training loss of this epoch was NaN or infinite and
@@ -323,14 +270,10 @@ class ImageClassifier(L.LightningModule):
 
     def _epoch_sums(self) -> Tensor | None:
         """A copy of the epoch's sums so far, [loss × samples, correct, samples, skipped
-        batches], the host's sample count included; None before the epoch's first step."""
+        batches]; None before the epoch's first step."""
         if self._train_sums is None:
             return None
-        self._count_pending()
-        sums = self._train_sums.clone()
-        if self._train_seen:
-            sums[2] += self._train_seen
-        return sums
+        return self._train_sums.clone()
 
     def _log_train_epoch(self) -> None:
         """Log the epoch's mean training loss and accuracy, summed over all ranks."""
@@ -424,8 +367,7 @@ class ImageClassifier(L.LightningModule):
         # epoch before the interruption (the other ranks' are not in the file)
         rank = self._trainer.global_rank if self._trainer is not None else 0
         if sums is not None and rank == 0 and len(sums) == 4:
-            self._train_sums, self._train_seen = sums.clone(), 0
-            self._pending.clear()
+            self._train_sums = sums.clone()
 
     @classmethod
     def load_checkpoint(cls, path: str | Path, *, trust: bool | None = None,
@@ -459,8 +401,3 @@ class ImageClassifier(L.LightningModule):
                 f"{str(err).splitlines()[0] if str(err) else ''}); check the file is complete "
                 f"and was written by classicnets") from None
 
-
-# Lightning inspects training_step's signature at every step (does it take batch_idx?); a ready
-# __signature__ answers that without parsing the function again (≈ 15 µs a step)
-ImageClassifier.training_step.__signature__ = inspect.signature(  # type: ignore[attr-defined]
-    ImageClassifier.training_step)

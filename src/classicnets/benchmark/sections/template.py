@@ -59,8 +59,6 @@ TITLE = "Template: ImageClassifier under the Lightning Trainer vs a plain loop"
 # template / plain loop throughput the project aims for, per device type (README
 # "Performance"): a CPU step is long enough that the template should cost nothing (issue 13)
 TARGET_RATIO = {"cpu": 0.99, "cuda": 0.97}
-# host time the lean step adds per step / what Lightning's own step adds (issue 13: half)
-LEAN_TARGET = 0.5
 
 
 class _Cycle:
@@ -148,7 +146,6 @@ def _case(
     batch_size: int,
     image_size: int,
     module_compile: bool | str | None = None,
-    lean_loop: bool = True,
 ) -> list[Row]:
     """Lightning vs the plain loop on ``net``: Lightning windows cut out of one ``fit``, the
     plain loop's window run between two of them (see the module docstring).
@@ -201,7 +198,6 @@ def _case(
         compile=bench.compile if module_compile is None else module_compile,
         channels_last=bench.channels_last,
         num_classes=classes,
-        lean_loop=lean_loop,
     )
     windows = _lightning_windows(warmup, window, bench.sync, hand_window)
     total = rounds * (warmup + window)
@@ -225,8 +221,6 @@ def _case(
     note = "ImageClassifier under the Trainer: hooks, metric sums, epoch logging"
     if module_compile is not None:
         note = f"ImageClassifier, module.compile={module_compile}, vs the eager plain loop"
-    if not lean_loop:
-        note = "ImageClassifier under Lightning's own step (module.lean_loop=false)"
     return [
         Row(
             variant="lightning",
@@ -317,19 +311,6 @@ def _render(rows: list[Row], t: DictConfig, bench: Bench) -> list[str]:
             "a step bound by launches pays; a step whose device work outlasts it hides it "
             "behind the queue.",
         ]
-    own = [r for r in rows if r.case == "host overhead, Lightning's step"]
-    if len(tiny) == 2 and len(own) == 2:
-        lean_us, own_us = tiny[0].estimate("cpu_delta_us"), own[0].estimate("cpu_delta_us")
-        share = lean_us.value / own_us.value if own_us.value else float("nan")
-        body += [
-            "",
-            f"The same network under Lightning's own training step (`module.lean_loop=false`), "
-            f"in the same run against its own plain-loop windows: **{fmt(own_us.value, ',.0f')} "
-            f"µs added per step** [{fmt(own_us.low, ',.0f')}, {fmt(own_us.high, ',.0f')}]; "
-            f"the lean step adds **{share:.2f}×** that (target ≤ {LEAN_TARGET}: "
-            f"{'met' if share <= LEAN_TARGET else '**not met**'}; ratio of the two medians, "
-            "each with its interval above).",
-        ]
     return body
 
 
@@ -351,11 +332,9 @@ def measure(ctx: Context) -> SectionReport:
                           batch_size=int(t.batch_size), image_size=size, module_compile=how)
     if t.get("overhead", False):
         tiny_size, tiny_bs = 8, int(t.get("overhead_batch_size") or 16)
-        for lean in (True, False):  # the lean step, then Lightning's own (the baseline)
-            bench.free()
-            torch.manual_seed(0)
-            rows += _case(
-                t, bench, net=_TinyNet(3 * tiny_size * tiny_size, classes),
-                case="host overhead" if lean else "host overhead, Lightning's step",
-                model="tiny mlp", batch_size=tiny_bs, image_size=tiny_size, lean_loop=lean)
+        bench.free()
+        torch.manual_seed(0)
+        rows += _case(t, bench, net=_TinyNet(3 * tiny_size * tiny_size, classes),
+                      case="host overhead", model="tiny mlp", batch_size=tiny_bs,
+                      image_size=tiny_size)
     return SectionReport(rows, TITLE, _render(rows, t, bench))
