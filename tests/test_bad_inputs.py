@@ -242,5 +242,6 @@ def test_a_file_that_is_no_checkpoint_is_named(make_cfg: MakeCfg, tmp_path: Path
     path = tmp_path / "notes.ckpt"
     path.write_text("not a checkpoint")
     cfg = make_cfg(f"ckpt_path={path}", *QUIET)
-    with pytest.raises(CheckpointError, match=r"notes\.ckpt is a text file \(it starts 'not a checkpoint'\), not a torch checkpoint"):
+    with pytest.raises(CheckpointError, match=r"notes\.ckpt is a text file \(it starts "
+                                              r"'not a checkpoint'\), not a torch checkpoint"):
         train(cfg)
