@@ -24,7 +24,8 @@ from classicnets.data.fast import DeviceLoader
 from classicnets.data.transforms import BatchTransform
 from classicnets.runs.config_check import ConfigError
 from classicnets.runs.loggers import resume_wandb_run
-from classicnets.runs.pipeline import resume_arguments, train
+from classicnets.runs.pipeline import train
+from classicnets.runs.resume import resume_arguments
 from classicnets.training.module import ImageClassifier
 
 REPO = Path(__file__).resolve().parents[1]

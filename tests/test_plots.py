@@ -1,5 +1,5 @@
 """Run plots: read back from the CSV logger's file, drawn at the end of training, redrawn by
-`python -m classicnets.runs.plots` for runs and sweeps."""
+`python src/plots.py` for runs and sweeps."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from PIL import Image
 
 from classicnets.runs.pipeline import train
 from classicnets.runs.plots import plot_run, read_metrics
+from conftest import REPO
 
 MakeCfg = Callable[..., DictConfig]
 QUIET = ("extras.print_config=false", "~callbacks.rich_progress_bar", "~callbacks.model_summary",
@@ -59,7 +60,7 @@ def test_cli_redraws_a_sweep_and_names_the_fix_for_bad_input(tmp_path: Path) -> 
     for job in ("0", "1"):
         (sweep / job / "csv").mkdir(parents=True)
         (sweep / job / "csv" / "metrics.csv").write_text(CSV)
-    proc = subprocess.run([sys.executable, "-m", "classicnets.runs.plots", str(sweep)],
+    proc = subprocess.run([sys.executable, str(REPO / "src" / "plots.py"), str(sweep)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     for job in ("0", "1"):
@@ -67,7 +68,7 @@ def test_cli_redraws_a_sweep_and_names_the_fix_for_bad_input(tmp_path: Path) -> 
             _valid_png(sweep / job / "plots" / name)
     assert (sweep / "sweep_summary.md").is_file()  # the sweep's own table, drawn again
     (tmp_path / "nolog").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "classicnets.runs.plots", str(tmp_path / "nolog"),
+    proc = subprocess.run([sys.executable, str(REPO / "src" / "plots.py"), str(tmp_path / "nolog"),
                            str(tmp_path / "missing")], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2

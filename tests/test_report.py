@@ -189,10 +189,10 @@ def test_bad_settings_are_refused_before_measuring(
     assert not (tmp_path / "zoo.md").exists()
 
 
-def test_unknown_dataset_names_the_choices_from_the_module_entry(tmp_path: Path) -> None:
+def test_unknown_dataset_names_the_choices_from_the_entry_script(tmp_path: Path) -> None:
     env = {**os.environ, "PROJECT_ROOT": str(REPO), "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.run(
-        [sys.executable, "-m", "classicnets.analysis.zoo_report", "data=imagenett",
+        [sys.executable, str(REPO / "src" / "report.py"), "data=imagenett",
          f"hydra.run.dir={tmp_path}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )

@@ -18,7 +18,8 @@ from classicnets.checkpoints import trusting
 from classicnets.parallel.launch import agree_run_name, ddp_children_run_this_job
 from classicnets.paths import CONFIG_DIR
 from classicnets.runs.config_check import ConfigError, explain_override_error
-from classicnets.runs.pipeline import load_env, resume_arguments
+from classicnets.runs.pipeline import load_env
+from classicnets.runs.resume import resume_arguments
 
 
 def _hydra_entry(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[[], Any]:

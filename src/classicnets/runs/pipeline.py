@@ -1,4 +1,10 @@
-"""What `train.py` and `eval.py` do, given their composed Hydra config."""
+"""What `train.py` and `eval.py` do, given their composed Hydra config.
+
+A run reads top to bottom in four stages, each a function called once: **check** (everything
+the config can be refused for, before anything is built or written), **build** (DataModule,
+module, callbacks, loggers, Trainer, each checked against the others as it is made), **run**
+(fit, test) and **record** (metrics.json, plots, the W&B run closed).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,9 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +36,7 @@ from classicnets.parallel.launch import check_world_matches
 from classicnets.parallel.slurm import newest_checkpoint, requeued_checkpoint
 from classicnets.paths import REPO_ROOT
 from classicnets.runs import host_memory
-from classicnets.runs.config_check import ConfigError, check_config
+from classicnets.runs.config_check import check_config
 from classicnets.runs.loggers import (
     check_logger_config,
     close_stale_wandb_run,
@@ -45,9 +51,10 @@ from classicnets.runs.preflight import (
     check_free_space,
     check_writable,
 )
+from classicnets.runs.resume import checkpoint_to_resume, quote, resume_dir
 from classicnets.training.module import ImageClassifier
 
-__all__ = ["evaluate", "load_env", "resume_arguments", "train"]
+__all__ = ["evaluate", "load_env", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -142,106 +149,6 @@ def _metrics(trainer: L.Trainer) -> dict[str, float]:
             if torch.is_tensor(v) and v.numel() == 1}
 
 
-# ------------------------------------------------------------------ resume in place
-# overrides that name where a run goes on, not what it is: never carried into its resumption
-_RESUME_KEYS = ("resume", "ckpt_path", "hydra.run.dir")
-
-
-def _override_key(arg: str) -> str:
-    return arg.lstrip("+~").split("=", 1)[0]
-
-
-def _quote(path: Path) -> str:
-    text = str(path)
-    if re.fullmatch(r"[\w/.:-]+", text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _newest_run(values: dict[str, str]) -> Path | None:
-    """The run of this task (``logs/<task_name>/runs/*``) with the newest checkpoint."""
-    root = Path(values.get("paths.log_dir") or Path(os.environ.get("PROJECT_ROOT", REPO_ROOT))
-                / "logs")
-    runs: list[tuple[int, Path]] = []
-    for run in (root / values.get("task_name", "train") / "runs").glob("*"):
-        files = [*run.glob("checkpoints/last.ckpt"), *run.glob("hpc_ckpt_*.ckpt")]
-        if files:
-            runs.append((max(f.stat().st_mtime_ns for f in files), run))
-    return max(runs)[1] if runs else None
-
-
-def resume_arguments(args: list[str]) -> list[str]:
-    """The command line of a run that goes on in its own directory.
-
-    ``resume=<run dir>`` (or ``ckpt_path=last``: the run of this task with the newest
-    checkpoint) becomes that run's own overrides (``<run dir>/.hydra/overrides.yaml``), then the
-    ones given now, which win (``trainer.max_epochs=40`` trains longer), then
-    ``hydra.run.dir=<run dir>``: the same config, the same directory. Other arguments are
-    returned as they are.
-    """
-    values = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
-    resume: str | Path | None = values.get("resume")
-    if resume in (None, "", "null"):
-        if values.get("ckpt_path") != "last":
-            return args
-        resume = _newest_run(values)
-        if resume is None:
-            return args  # the pipeline says there is nothing to resume
-    if any(a in ("-m", "--multirun") for a in args):
-        raise ConfigError("resume= continues one run; resume the jobs of a sweep one by one "
-                          "with resume=<sweep dir>/<job number>")
-    run_dir = Path(resume).expanduser().resolve()
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
-        raise ConfigError(f"resume={resume}: {saved} does not exist. resume= takes the directory "
-                          f"of a run started by src/train.py (logs/<task>/runs/<time>/, the one "
-                          f"holding checkpoints/ and .hydra/)")
-    given = [a for a in args if _override_key(a) not in ("resume", "hydra.run.dir")
-             and a != "ckpt_path=last"]
-    given_keys = {_override_key(a) for a in given}
-    earlier = [str(o) for o in OmegaConf.load(saved)
-               if _override_key(str(o)) not in (*_RESUME_KEYS, *given_keys)]
-    return [*earlier, *given, f"resume={_quote(run_dir)}", f"hydra.run.dir={_quote(run_dir)}"]
-
-
-def _resume_dir(cfg: DictConfig, out_dir: Path) -> Path | None:
-    """The run directory ``resume=`` names, which must be this run's own."""
-    resume = cfg.get("resume")
-    if not resume:
-        return None
-    run_dir = Path(str(resume)).expanduser().resolve()
-    if run_dir != out_dir.resolve():
-        raise ConfigError(
-            f"resume={resume} continues a run in its own directory, but this run writes to "
-            f"{out_dir}. Start it as python src/train.py resume={resume} (which sets "
-            f"hydra.run.dir for you), or add hydra.run.dir={resume}")
-    return run_dir
-
-
-def _checkpoint_to_resume(cfg: DictConfig, trainer: L.Trainer, resume_dir: Path | None
-                          ) -> str | None:
-    ckpt = cfg.get("ckpt_path")
-    if ckpt and ckpt != "last":
-        if not Path(ckpt).exists():  # what an existing non-file is, the preflight read says
-            raise CheckpointError(f"ckpt_path={ckpt} does not exist; point it at a .ckpt file, "
-                                  "or continue a run in its directory with resume=<run dir>")
-        return str(ckpt)
-    if not (ckpt == "last" or resume_dir):
-        return None
-    newest = newest_checkpoint(trainer)
-    if newest is not None:
-        log.info("resuming from %s", newest)
-        return newest
-    if resume_dir is not None:
-        log.warning("resume=%s: no checkpoint there yet; training starts from the beginning "
-                    "in that directory", resume_dir)
-        return None
-    raise CheckpointError(
-        f"ckpt_path=last: no checkpoint in {_output_dir()}, and no run of this task under "
-        f"logs/ has one. Continue a run with resume=<run dir>, or name a file with "
-        f"ckpt_path=<path>.ckpt")
-
-
 def _stopped(stop: BaseException, trainer: L.Trainer, out_dir: Path, testing: bool = False
              ) -> None:
     """A run stopped at a signal: say what was saved and how to go on; exit non-zero."""
@@ -264,7 +171,7 @@ def _stopped(stop: BaseException, trainer: L.Trainer, out_dir: Path, testing: bo
                 + (f" (the newest checkpoint is {newest})." if newest else "."))
     if trainer.is_global_zero:
         log.error("%s Resume this run in its own directory with:\n    python src/train.py "
-                  "resume=%s", text, _quote(out_dir))
+                  "resume=%s", text, quote(out_dir))
     raise SystemExit(128 + signum) from None
 
 
@@ -281,20 +188,56 @@ def _host_memory(cfg: DictConfig, trainer: L.Trainer) -> None:
         host_memory.retain_freed_memory()
 
 
+@dataclass
+class Checked:
+    """What the check stage settled: where the run writes, and the run it continues."""
+
+    out_dir: Path
+    resume_dir: Path | None
+
+
+@dataclass
+class Built:
+    """What the build stage made for the run stage."""
+
+    datamodule: ImageDataModule
+    module: ImageClassifier
+    trainer: L.Trainer
+    loggers: list[Logger]
+    ckpt_path: str | None = None  # the checkpoint fit goes on from
+
+
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
-    """Fit, test the best checkpoint, and return (optimized metric, all final metrics)."""
+    """Fit, test the best checkpoint, and return (optimized metric, all final metrics):
+    check, build, run, record, each once."""
+    checked = check_train(cfg)
+    built = build_train(cfg, checked)
+    metrics, extra = run_train(cfg, checked, built)
+    return record_train(cfg, checked, built, metrics, extra)
+
+
+def check_train(cfg: DictConfig) -> Checked:
+    """Everything the config alone can refuse, before anything is built or written: keys and
+    value types, host memory, loggers and secrets, the world size, the run directory and the
+    run to resume. Then the run directory gets its resolved config, and the seed is set."""
     check_config(cfg)  # arguments and value types, naming the valid keys
     host_memory.checked_choice(cfg.get("host_memory"))
     check_logger_config(cfg)  # W&B key, secrets: before anything is printed, built or written
-    _extras(cfg)
     check_world_matches(cfg.trainer)  # torchrun's processes vs trainer.num_nodes x devices
     out_dir = _output_dir()
-    resume_dir = _resume_dir(cfg, out_dir)
+    checked = Checked(out_dir, resume_dir(cfg, out_dir))
     check_writable(out_dir)
+    _extras(cfg)
     name_wandb_group(cfg, _is_multirun(), out_dir)
     _save_resolved(cfg, out_dir)
     L.seed_everything(cfg.seed, workers=True)
+    return checked
 
+
+def build_train(cfg: DictConfig, checked: Checked) -> Built:
+    """The DataModule, network and module, callbacks, loggers and Trainer, each checked against
+    the others as it is made (data vs network, free space, the strategy, the checkpoint to go
+    on from) so a mismatch is refused before fitting starts."""
     datamodule = build_datamodule(cfg)
     module = ImageClassifier(model=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler,
                              **cfg.get("module", {}))
@@ -303,10 +246,10 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
         "the model takes it from data= unless overridden: drop the model.{key} override or set "
         "data.{data_key}={want}")
     callbacks: list[Callback] = _instantiate_many(cfg.get("callbacks"), "callback")
-    check_free_space(out_dir, module, callbacks)
+    check_free_space(checked.out_dir, module, callbacks)
     close_stale_wandb_run()
-    if resume_dir is not None:
-        resume_wandb_run(cfg, resume_dir)  # the same W&B run, before the logger starts one
+    if checked.resume_dir is not None:
+        resume_wandb_run(cfg, checked.resume_dir)  # the same W&B run, before a logger starts one
     loggers: list[Logger] = _instantiate_many(cfg.get("logger"), "logger")
     callbacks = drop_callbacks_needing_a_logger(callbacks, loggers)
     trainer: L.Trainer = instantiate_clean(cfg.trainer, callbacks=callbacks, logger=loggers)
@@ -315,26 +258,32 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
     validate = getattr(trainer.strategy, "validate_module", None)
     if callable(validate):
         validate(module)
-
-    log_run_config(loggers, cfg, _task_overrides())
-
+    built = Built(datamodule, module, trainer, loggers)
     if cfg.get("train", True):
         # a requeued SLURM job goes on from the newest checkpoint in its own run directory,
         # and so does a run resumed in place (resume=<run dir>, ckpt_path=last)
-        ckpt_path = (requeued_checkpoint(trainer)
-                     or _checkpoint_to_resume(cfg, trainer, resume_dir))
-        if ckpt_path:
-            check_checkpoint_fits(ckpt_path, module)
-        try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path,
-                        weights_only=not is_trusted())
-        except (TrainingInterrupted, SIGTERMException) as stop:
-            _stopped(stop, trainer, out_dir)  # exits non-zero with the resume command
+        built.ckpt_path = (requeued_checkpoint(trainer) or checkpoint_to_resume(
+            cfg, trainer, checked.resume_dir, checked.out_dir))
+        if built.ckpt_path:
+            check_checkpoint_fits(built.ckpt_path, module)
     elif cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise CheckpointError(f"ckpt_path={cfg.ckpt_path} does not exist; point it at a .ckpt "
                               "file (a run's checkpoints/last.ckpt resumes that run)")
-    metrics = _metrics(trainer)
+    log_run_config(loggers, cfg, _task_overrides())
+    return built
 
+
+def run_train(cfg: DictConfig, checked: Checked, built: Built
+              ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit (unless ``train=false``), then test the best checkpoint (unless ``test=false``)."""
+    trainer, module, datamodule = built.trainer, built.module, built.datamodule
+    if cfg.get("train", True):
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=built.ckpt_path,
+                        weights_only=not is_trusted())
+        except (TrainingInterrupted, SIGTERMException) as stop:
+            _stopped(stop, trainer, checked.out_dir)  # exits non-zero with the resume command
+    metrics = _metrics(trainer)
     extra: dict[str, Any] = {}
     if cfg.get("test", True):
         ckpt = trainer.checkpoint_callback
@@ -347,9 +296,14 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None,
                          weights_only=not is_trusted())
         except SIGTERMException as stop:  # Lightning's own, with exit status 0
-            _stopped(stop, trainer, out_dir, testing=True)
+            _stopped(stop, trainer, checked.out_dir, testing=True)
         metrics.update(_metrics(trainer))
+    return metrics, extra
 
+
+def record_train(cfg: DictConfig, checked: Checked, built: Built, metrics: dict[str, float],
+                 extra: dict[str, Any]) -> tuple[float | None, dict[str, float]]:
+    """metrics.json and the plots (rank zero), the W&B run closed; the optimized metric."""
     name = cfg.get("optimized_metric")
     value = metrics.get(name) if name else None
     if name and value is None:
@@ -359,10 +313,10 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
         # a diverged run: None makes a sweeper's trial fail (Optuna refuses NaN as a value)
         log.warning("optimized_metric=%s is %s; returning None", name, value)
         value = None
-    if trainer.is_global_zero:
-        _write_metrics(out_dir, metrics, value, name, extra)
-        _draw_plots(out_dir)
-    _finish_wandb(loggers)
+    if built.trainer.is_global_zero:
+        _write_metrics(checked.out_dir, metrics, value, name, extra)
+        _draw_plots(checked.out_dir)
+    _finish_wandb(built.loggers)
     return value, metrics
 
 
@@ -384,7 +338,7 @@ def _draw_plots(out_dir: Path) -> None:
     try:
         files = plot_run(out_dir)
     except Exception as err:  # a finished run must not fail on a figure; say why instead
-        log.warning("run plots failed (%s: %s); redraw with python -m classicnets.runs.plots %s",
+        log.warning("run plots failed (%s: %s); redraw with python src/plots.py %s",
                     type(err).__name__, err, out_dir)
         return
     log.info("plots: %s", ", ".join(str(f) for f in files))
@@ -400,23 +354,28 @@ def _finish_wandb(loggers: list[Logger]) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test the checkpoint `cfg.ckpt_path` on `cfg.data`."""
+    """Test the checkpoint ``cfg.ckpt_path`` on ``cfg.data``: check, build, run, record."""
+    # check
     check_config(cfg)
     check_logger_config(cfg)
-    _extras(cfg)
     check_world_matches(cfg.trainer)
-    name_wandb_group(cfg, _is_multirun(), _output_dir())
-    _save_resolved(cfg, _output_dir())
+    out_dir = _output_dir()
+    _extras(cfg)
+    name_wandb_group(cfg, _is_multirun(), out_dir)
+    _save_resolved(cfg, out_dir)
     L.seed_everything(cfg.seed, workers=True)
+    # build
     module = ImageClassifier.load_checkpoint(cfg.ckpt_path)
     datamodule = build_datamodule(cfg)
     check_data_fits_model(module.hparams.get("model"), datamodule,
-                           "evaluate on the data it was trained on (data=... "
-                           "data.{data_key}={want})")
+                          "evaluate on the data it was trained on (data=... "
+                          "data.{data_key}={want})")
     loggers = _instantiate_many(cfg.get("logger"), "logger")
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers)
+    trainer: L.Trainer = instantiate_clean(cfg.trainer, logger=loggers)
+    # run
     trainer.test(module, datamodule=datamodule)
+    # record
     metrics = _metrics(trainer)
     if trainer.is_global_zero:
-        _write_metrics(_output_dir(), metrics, None, None, {"checkpoint": str(cfg.ckpt_path)})
+        _write_metrics(out_dir, metrics, None, None, {"checkpoint": str(cfg.ckpt_path)})
     return metrics

@@ -4,7 +4,7 @@ A run's curves come from its ``csv/metrics.csv`` (Lightning's CSV logger, on by 
 and accuracy per epoch, train against validation, and the learning rate. ``train.py`` draws
 them into ``<run>/plots/`` when it finishes;
 
-    python -m classicnets.runs.plots <run dir | sweep dir> [...]
+    python src/plots.py <run dir | sweep dir> [...]
 
 redraws them for any past run, or for every job of a sweep (and the sweep's own plot).
 """
