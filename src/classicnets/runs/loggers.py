@@ -18,7 +18,7 @@ import netrc
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -91,8 +91,12 @@ def _has_wandb_key(settings: Any) -> bool:
         return False
 
 
-def check_logger_config(cfg: DictConfig) -> None:
-    """Refuse, before anything is built, a W&B logger without a key and secrets in the config."""
+def check_logger_config(cfg: DictConfig, written: Sequence[Path] = ()) -> None:
+    """Refuse, before anything is built, a W&B logger without a key and secrets in the config.
+
+    ``written``: files and directories Hydra wrote before the run started (``<run>/.hydra/``,
+    a sweep's ``multirun.yaml``): a refused secret is redacted from them, and the message says
+    which files were changed."""
     settings = None
     for sub in _wandb_configs(cfg):
         settings = settings or _wandb_settings()
@@ -108,11 +112,38 @@ def check_logger_config(cfg: DictConfig) -> None:
     found = list(_secrets_in(OmegaConf.to_container(cfg, resolve=True), secret_values()))
     if found:
         where = ", ".join(f"{key} (the value of ${name})" for key, name in found)
+        values = {name: secret_values()[name] for _, name in found}
+        changed = redact_secrets(written, values)
+        told = (f" Hydra had already written it into {', '.join(map(str, changed))}: "
+                f"redacted there." if changed else "")
         raise LoggerConfigError(
             f"the config holds a secret: {where}. It would be written to config_resolved.yaml "
             "and the loggers' configs (and, under model/optimizer, into checkpoints). Keep keys "
             "in .env only (W&B reads WANDB_API_KEY itself) and remove the ${oc.env:...} "
-            "interpolation or override that puts it in the config.")
+            f"interpolation or override that puts it in the config.{told}")
+
+
+def redact_secrets(places: Sequence[Path], secrets: Mapping[str, str]) -> list[Path]:
+    """Replace every secret value in the files at ``places`` (files, or directories walked
+    recursively) with ``<redacted $NAME>``; the files changed."""
+    files: list[Path] = []
+    for place in places:
+        if place.is_dir():
+            files += sorted(f for f in place.rglob("*") if f.is_file())
+        elif place.is_file():
+            files.append(place)
+    changed = []
+    for file in files:
+        data = file.read_bytes()
+        new = data
+        for name, value in secrets.items():
+            new = new.replace(value.encode(), f"<redacted ${name}>".encode())
+        if new != data:
+            tmp = file.with_name(f".{file.name}.redacting")
+            tmp.write_bytes(new)
+            os.replace(tmp, file)  # never a half-written copy
+            changed.append(file)
+    return changed
 
 
 def secret_values() -> dict[str, str]:

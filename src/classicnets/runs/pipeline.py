@@ -46,6 +46,7 @@ from classicnets.runs.loggers import (
     resume_wandb_run,
 )
 from classicnets.runs.preflight import (
+    check_accelerator,
     check_checkpoint_fits,
     check_data_fits_model,
     check_free_space,
@@ -122,6 +123,15 @@ def _instantiate_many(cfg: DictConfig | None, kind: str) -> list[Any]:
         elif sub is not None:
             raise ValueError(f"{kind} {name!r} has no _target_; check conf/{kind}s/")
     return out
+
+
+def _hydra_written(out_dir: Path) -> list[Path]:
+    """What Hydra writes before a job runs: ``<run>/.hydra/``, the job's log and, in a
+    multirun, the sweep's ``multirun.yaml`` (checkpoints of a resumed run are not read)."""
+    places = [out_dir / ".hydra", *out_dir.glob("*.log")]
+    if _is_multirun():
+        places.append(Path(HydraConfig.get().sweep.dir) / "multirun.yaml")
+    return places
 
 
 def _task_overrides() -> list[str]:
@@ -222,9 +232,12 @@ def check_train(cfg: DictConfig) -> Checked:
     run to resume. Then the run directory gets its resolved config, and the seed is set."""
     check_config(cfg)  # arguments and value types, naming the valid keys
     host_memory.checked_choice(cfg.get("host_memory"))
-    check_logger_config(cfg)  # W&B key, secrets: before anything is printed, built or written
-    check_world_matches(cfg.trainer)  # torchrun's processes vs trainer.num_nodes x devices
     out_dir = _output_dir()
+    # W&B key, secrets: before anything is printed, built or written (a refused secret is
+    # redacted from the copies Hydra wrote before the job started)
+    check_logger_config(cfg, _hydra_written(out_dir))
+    check_world_matches(cfg.trainer)  # torchrun's processes vs trainer.num_nodes x devices
+    check_accelerator(cfg.trainer)
     checked = Checked(out_dir, resume_dir(cfg, out_dir))
     check_writable(out_dir)
     _extras(cfg)
@@ -357,9 +370,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test the checkpoint ``cfg.ckpt_path`` on ``cfg.data``: check, build, run, record."""
     # check
     check_config(cfg)
-    check_logger_config(cfg)
-    check_world_matches(cfg.trainer)
     out_dir = _output_dir()
+    check_logger_config(cfg, _hydra_written(out_dir))
+    check_world_matches(cfg.trainer)
+    check_accelerator(cfg.trainer)
     _extras(cfg)
     name_wandb_group(cfg, _is_multirun(), out_dir)
     _save_resolved(cfg, out_dir)

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from classicnets.checkpoints import CheckpointError, load_file
@@ -95,3 +96,21 @@ def check_checkpoint_fits(path: str, module: ImageClassifier) -> None:
             f"match (e.g. {', '.join(differ[:3])}). Use the model= and data= options of the run "
             f"that wrote it (resume=<its run dir> does that for you), or a checkpoint of this "
             f"network")
+
+
+def check_accelerator(trainer_cfg: Any) -> None:
+    """A trainer that asks for a GPU (or Apple's MPS) on a machine without one is refused
+    naming what was asked, what the machine has and the override to use; Lightning would
+    fail later, inside the Trainer's construction, with "No supported gpu backend found!"."""
+    asked = str((trainer_cfg or {}).get("accelerator", "auto")).lower()
+    if asked in ("gpu", "cuda") and not torch.cuda.is_available():
+        built = (f"torch {torch.__version__} is built with CUDA {torch.version.cuda} but "
+                 "sees no device" if torch.version.cuda else
+                 f"torch {torch.__version__} is a CPU-only build")
+        raise ConfigError(
+            f"trainer.accelerator={asked} asks for a CUDA GPU, but this machine has none "
+            f"({built}). Use trainer=cpu, or trainer=default (auto: the GPU when there is one)")
+    if asked == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            "trainer.accelerator=mps asks for Apple's Metal GPU, which this machine does not "
+            "have. Use trainer=cpu, or trainer=default (auto: the best device there is)")
