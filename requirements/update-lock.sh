@@ -78,4 +78,5 @@ if "The generated requirements file may be rejected" in text or re.search(r"^\S+
     sys.exit("update-lock.sh: the lock still has an unhashable line; see " + str(path))
 path.write_text(text)
 PY
-echo "wrote $lock ($(grep -c '^[a-z0-9]' "$lock") packages)"
+echo "wrote $lock ($(grep -c '^[a-z0-9]' "$lock") packages; pip-compile's warning of a line pip"\
+     "may reject is about the project's own line, dropped above)"
