@@ -125,6 +125,24 @@ def test_a_hostile_checkpoint_never_runs(entry: str, hostile: tuple[Path, Path],
     assert info.value.refused == REFUSED
 
 
+@pytest.mark.parametrize("entry", ["eval", "predict", "export", "visualize", "load_checkpoint",
+                                   "load_trained"])
+@pytest.mark.parametrize("key", ["model", "optimizer"])
+def test_plain_values_that_name_code_are_refused(entry: str, key: str, good_ckpt: Path,
+                                                 tmp_path: Path) -> None:
+    """A weights-only file can still name a function for Hydra to call when the module is
+    rebuilt: a ``_target_`` other than the network factory or a torch optimizer is refused."""
+    marker = tmp_path / "code_ran"
+    ckpt = torch.load(good_ckpt, map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"][key] = {"_target_": "os.makedirs", "name": str(marker),
+                                     "exist_ok": True}
+    path = tmp_path / "named.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(UntrustedCheckpointError, match=rf"names 'os.makedirs' as {key}\._target_"):
+        _entry(entry, path, tmp_path)
+    assert not marker.exists()
+
+
 def test_resume_in_place_refuses_a_hostile_last_ckpt(good_ckpt: Path, tmp_path: Path) -> None:
     """resume=<run dir> goes on from its newest checkpoint: that read is weights-only too."""
     run = good_ckpt.parent.parent

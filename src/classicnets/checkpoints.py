@@ -33,6 +33,7 @@ __all__ = [
     "RESAVE_COMMAND",
     "CheckpointError",
     "UntrustedCheckpointError",
+    "check_targets",
     "describe_file",
     "is_trusted",
     "load_file",
@@ -171,6 +172,47 @@ def load_file(path: str | os.PathLike, *, trust: bool | None = None, what: str =
             reason = "truncated or damaged: its archive ends early"
         raise CheckpointError(f"{path} is not a readable torch {what} ({reason}); check the "
                               f"file is complete") from None
+
+
+# ---------------------------------------------------------------------------- named code
+# A weights-only file can still name code: a Hydra ``_target_`` among the hyperparameters is
+# imported and called when the module is rebuilt (Lightning 2.6.6 closed the same hole for
+# its own ``_instantiator`` key). Ours name the network factory and a torch optimizer.
+SAFE_TARGETS = ("classicnets.models.create_model",)
+
+
+def _targets(node: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key == "_target_":
+                yield where or "the config", str(value)
+            else:
+                yield from _targets(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            yield from _targets(value, f"{where}[{i}]")
+
+
+def _safe_target(target: str) -> bool:
+    if target in SAFE_TARGETS:
+        return True
+    module, _, name = target.rpartition(".")
+    if module == "torch.optim":  # a torch optimizer class, looked up without importing
+        obj = getattr(torch.optim, name, None)
+        return isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer)
+    return False
+
+
+def check_targets(hyper_parameters: Any, path: str | os.PathLike) -> None:
+    """Refuse hyperparameters whose Hydra ``_target_`` names anything but the network factory
+    or a torch optimizer: rebuilding the module would import and call it."""
+    for where, target in _targets(hyper_parameters):
+        if not _safe_target(target):
+            raise UntrustedCheckpointError(
+                f"{path} names {target!r} as {where}._target_, which rebuilding its module would "
+                f"call; classicnets checkpoints name {', '.join(SAFE_TARGETS)} or a torch.optim "
+                f"optimizer there. If you made this file or trust its source, pass "
+                f"trust_checkpoint=true (logged)", target)
 
 
 # ---------------------------------------------------------------------------- re-saving

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from classicnets.checkpoints import CheckpointError, is_trusted, load_file
+from classicnets.checkpoints import CheckpointError, check_targets, is_trusted, load_file
 from classicnets.instantiate import instantiate_clean
 from classicnets.models.layers import ClassifierOutput
 from classicnets.training.compiled_step import (
@@ -391,6 +391,8 @@ class ImageClassifier(L.LightningModule):
         if "hyper_parameters" not in ckpt and "model" not in kwargs:
             raise CheckpointError(f"{path} has no hyper_parameters (not written by classicnets "
                                   f"from a model config); pass model= to rebuild its network")
+        if not trust:  # plain values can still name code for Hydra to call
+            check_targets(ckpt.get("hyper_parameters"), path)
         del ckpt
         try:
             return cls.load_from_checkpoint(path, map_location="cpu", weights_only=not trust,
