@@ -86,7 +86,9 @@ def test_logger_options(name: str, make_cfg: MakeCfg, monkeypatch: pytest.Monkey
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = make_cfg(f"logger={name}")
     loggers = [instantiate(sub) for sub in cfg.logger.values()]
-    assert len(loggers) == (3 if name == "many" else 1)
+    # every choice keeps the CSV logger (the run's csv/metrics.csv and plots; issue 21)
+    assert len(loggers) == {"many": 3, "csv": 1}.get(name, 2)
+    assert "csv" in cfg.logger
 
 
 def test_callbacks_default(make_cfg: MakeCfg) -> None:

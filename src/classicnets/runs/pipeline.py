@@ -54,6 +54,7 @@ from classicnets.runs.preflight import (
 )
 from classicnets.runs.resume import checkpoint_to_resume, quote, resume_dir
 from classicnets.training.module import ImageClassifier
+from classicnets.training.optim import HorizonSchedule
 
 __all__ = ["evaluate", "load_env", "train"]
 
@@ -298,6 +299,10 @@ def run_train(cfg: DictConfig, checked: Checked, built: Built
             _stopped(stop, trainer, checked.out_dir)  # exits non-zero with the resume command
     metrics = _metrics(trainer)
     extra: dict[str, Any] = {}
+    notes = [c.scheduler.note for c in trainer.lr_scheduler_configs
+             if isinstance(c.scheduler, HorizonSchedule) and c.scheduler.note]
+    if notes:  # a resume over another horizon: what its schedule did, in metrics.json too
+        extra["resume_schedule"] = notes[-1]
     if cfg.get("test", True):
         ckpt = trainer.checkpoint_callback
         best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else ""

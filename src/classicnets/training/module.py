@@ -34,7 +34,7 @@ from classicnets.training.finetune import (
     head_parameter_names,
     split_head_backbone,
 )
-from classicnets.training.optim import build_scheduler, param_groups
+from classicnets.training.optim import RESUME_SCHEDULES, build_scheduler, param_groups
 
 __all__ = ["ImageClassifier"]
 
@@ -72,6 +72,10 @@ class ImageClassifier(L.LightningModule):
         finetune: fine-tuning a pretrained network (``conf/module``: ``freeze_backbone_epochs``,
             ``backbone_lr_mult``, ``freeze_bn``; :mod:`classicnets.training.finetune`).
         num_classes: needed only when ``model`` is a module (else read from its config).
+        resume_schedule: a resumed run whose horizon (``max_epochs``, ``max_steps``) differs
+            from the one its per-step schedule was built for: ``auto`` (stretch while the
+            schedule runs, a warm restart once it has ended), ``stretch``, ``keep`` or
+            ``restart`` (:class:`classicnets.training.optim.HorizonSchedule`).
 
     A ``pretrained`` entry of the model config fills the network when it is built; it is not
     kept in the hyperparameters: the weights are in every checkpoint from then on, so loading
@@ -93,6 +97,7 @@ class ImageClassifier(L.LightningModule):
         nan_policy: str = "stop",
         finetune: Mapping[str, Any] | None = None,
         num_classes: int | None = None,
+        resume_schedule: str = "auto",
     ) -> None:
         super().__init__()
         # plain containers in hparams: the checkpoint then rebuilds everything by itself
@@ -115,6 +120,9 @@ class ImageClassifier(L.LightningModule):
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"module.label_smoothing must be in [0, 1), got {label_smoothing}")
         self._finetune = FineTuneConfig.parse(finetune)  # validated before anything runs
+        if resume_schedule not in RESUME_SCHEDULES:
+            raise ValueError(f"module.resume_schedule={resume_schedule!r} is not one of "
+                             f"{', '.join(RESUME_SCHEDULES)}")
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"module.nan_policy={nan_policy!r} is not one of "
                              f"{', '.join(NAN_POLICIES)}")
@@ -336,7 +344,8 @@ class ImageClassifier(L.LightningModule):
             CompiledOptimizerStep(optimizer, mode)
         sched = build_scheduler(optimizer, self.hparams.scheduler,
                                 total_steps=int(self.trainer.estimated_stepping_batches),
-                                max_epochs=max(1, int(self.trainer.max_epochs or 1)))
+                                max_epochs=max(1, int(self.trainer.max_epochs or 1)),
+                                resume=self.hparams.get("resume_schedule", "auto"))
         return optimizer if sched is None else {"optimizer": optimizer, "lr_scheduler": sched}
 
     def _head(self) -> set[str]:
