@@ -292,3 +292,15 @@ def test_resave_of_an_unplain_object_names_it(tmp_path: Path) -> None:
 
 class _Unplain:
     pass
+
+
+def test_a_checkpoint_with_a_removed_option_still_loads(good_ckpt: Path, tmp_path: Path
+                                                       ) -> None:
+    """Checkpoints written while module.lean_loop existed carry it; they load as they are."""
+    ckpt = torch.load(good_ckpt, weights_only=True)
+    ckpt["hyper_parameters"]["lean_loop"] = True
+    old = tmp_path / "lean.ckpt"
+    torch.save(ckpt, old)
+    module = ImageClassifier.load_checkpoint(old)
+    assert "lean_loop" not in module.hparams
+    assert load_trained(old).classes == [str(i) for i in range(10)]
