@@ -1,7 +1,8 @@
 """Measure training and data throughput: `python src/benchmark.py [overrides]`.
 
-Hydra composes `conf/benchmark.yaml` (sections template, data, twins, epoch; see README
-"Performance"); the tables go to benchmark.md and benchmark.csv in logs/benchmark/runs/<time>/.
+Hydra composes `conf/benchmark.yaml` (sections template, data, twins, epoch, towers, decode,
+memory; see docs/performance/index.md); the tables go to benchmark.md and benchmark.csv in
+logs/benchmark/runs/<time>/.
 """
 
 from classicnets.cli import benchmark_main

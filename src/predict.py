@@ -1,4 +1,4 @@
-"""Classify images: `python src/predict.py ckpt_path=logs/.../best.ckpt input=photos/`.
+"""Classify images: `python src/predict.py ckpt_path=logs/.../last.ckpt input=photos/`.
 
 Writes predictions.csv (file, top-k classes and probabilities) to the run directory.
 """

@@ -1,7 +1,7 @@
 """The zoo report: `python src/report.py [overrides]`.
 
 Hydra composes `conf/report.yaml` (models, image_size, data / num_classes, batch_size, device,
-timing; see README "Zoo report"); zoo.md, zoo.csv and the PNG plots go to
+timing; see docs/zoo-report.md); zoo.md, zoo.csv and the PNG plots go to
 logs/report/runs/<time>/.
 """
 

@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from classicnets.models import create_model, get_model_info, list_models
 from classicnets.models.registry import InputSizeError
+from classicnets.models.table import count_macs  # one definition of MACs: the docs' and ours
 
 __all__ = [
     "CSV_COLUMNS",
@@ -109,19 +109,6 @@ def _loss(out: Any, y: Tensor) -> Tensor:
     for aux in getattr(out, "aux_logits", None) or ():
         loss = loss + 0.3 * F.cross_entropy(aux.float(), y)
     return loss
-
-
-def count_macs(model: nn.Module, x: Tensor) -> int:
-    """Multiply-accumulates of ``model(x)`` in eval mode: FlopCounterMode's FLOPs / 2 (it counts
-    two FLOPs per multiply-add of convolutions, matmuls and attention, nothing else)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        model.train(was_training)
-    return int(counter.get_total_flops()) // 2
 
 
 def saved_activation_bytes(model: nn.Module, x: Tensor, y: Tensor) -> int:

@@ -5,7 +5,8 @@ Every builder is a function taking keyword-only ``num_classes``, ``in_channels``
 ``input_size`` (the side of the square input) plus its own options; calling it with no
 argument builds the paper's canonical configuration. The registry also records where each
 network comes from (paper, year), its canonical input, and the accuracy its paper reports
-(:class:`PaperResult`), which the README's model table, the zoo report and the tests read.
+(:class:`PaperResult`), which the model pages of the docs (:mod:`classicnets.models.table`),
+the zoo report and the tests read.
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ class UnknownModelError(KeyError):
 
 
 class InputSizeError(ValueError):
-    """Raised at build time when a network cannot take the requested ``input_size``."""
+    """Raised at build time when a network cannot take the requested ``input_size``;
+    ``minimum`` is the smallest size it accepts, where one bound says it (None otherwise)."""
+
+    def __init__(self, message: str, minimum: int | None = None) -> None:
+        super().__init__(message)
+        self.minimum = minimum
 
 
 @dataclass(frozen=True)
@@ -140,7 +146,8 @@ def require_min_size(input_size: int, minimum: int, model: str) -> None:
     if input_size < minimum:
         raise InputSizeError(
             f"{model} cannot take {input_size}x{input_size} inputs: the smallest input size it "
-            f"accepts is {minimum} (set model.input_size / data.image_size >= {minimum})"
+            f"accepts is {minimum} (set model.input_size / data.image_size >= {minimum})",
+            minimum,
         )
 
 

@@ -571,7 +571,7 @@ def twins(name: str) -> tuple[Twin, ...]:
 
 
 def pretrained_column(name: str) -> str:
-    """The README table's "pretrained weights" cell: each twin, with the options its weights
+    """The model pages' "pretrained weights" cell: each twin, with the options its weights
     need where they differ from the defaults."""
     if name not in TWINS:
         return "—"

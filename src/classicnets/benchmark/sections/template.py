@@ -56,8 +56,8 @@ __all__ = ["TARGET_RATIO", "measure"]
 log = logging.getLogger(__name__)
 
 TITLE = "Template: ImageClassifier under the Lightning Trainer vs a plain loop"
-# template / plain loop throughput the project aims for, per device type (README
-# "Performance"): a CPU step is long enough that the template should cost nothing (issue 13)
+# template / plain loop throughput the project aims for, per device type (docs/performance/):
+# a CPU step is long enough that the template should cost nothing (issue 13)
 TARGET_RATIO = {"cpu": 0.99, "cuda": 0.97}
 
 
