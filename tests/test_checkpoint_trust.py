@@ -98,6 +98,8 @@ def _entry(name: str, ckpt: Path, tmp_path: Path) -> None:
                                       f"input={_image(tmp_path)}"], out, "visualize"))
         elif name == "load_checkpoint":
             ImageClassifier.load_checkpoint(ckpt)
+        elif name == "load_from_checkpoint":  # Lightning's own API, as design.md documents
+            ImageClassifier.load_from_checkpoint(ckpt)
         elif name == "load_trained":
             load_trained(ckpt)
         elif name == "read_state_dict":
@@ -126,7 +128,7 @@ def test_a_hostile_checkpoint_never_runs(entry: str, hostile: tuple[Path, Path],
 
 
 @pytest.mark.parametrize("entry", ["eval", "predict", "export", "visualize", "load_checkpoint",
-                                   "load_trained"])
+                                   "load_trained", "load_from_checkpoint"])
 @pytest.mark.parametrize("key", ["model", "optimizer"])
 def test_plain_values_that_name_code_are_refused(entry: str, key: str, good_ckpt: Path,
                                                  tmp_path: Path) -> None:

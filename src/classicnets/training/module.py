@@ -379,6 +379,21 @@ class ImageClassifier(L.LightningModule):
             self._train_sums = sums.clone()
 
     @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any,  # type: ignore[override]
+                             **kwargs: Any) -> ImageClassifier:
+        """Lightning's ``load_from_checkpoint``, read weights-only (torch's default) and, unless
+        ``weights_only=False`` or ``trust_checkpoint=true``, refused when its hyperparameters
+        name code other than the network factory or a torch optimizer (rebuilding would call
+        it; :func:`classicnets.checkpoints.check_targets`)."""
+        trusted = kwargs.get("weights_only") is False or is_trusted()
+        if not trusted and isinstance(checkpoint_path, str | Path):
+            ckpt = load_file(checkpoint_path, mmap=True)
+            check_targets(ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None,
+                          checkpoint_path)
+            del ckpt
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    @classmethod
     def load_checkpoint(cls, path: str | Path, *, trust: bool | None = None,
                         **kwargs: Any) -> ImageClassifier:
         """``load_from_checkpoint``, weights-only (:func:`classicnets.checkpoints.load_file`:
@@ -400,8 +415,6 @@ class ImageClassifier(L.LightningModule):
         if "hyper_parameters" not in ckpt and "model" not in kwargs:
             raise CheckpointError(f"{path} has no hyper_parameters (not written by classicnets "
                                   f"from a model config); pass model= to rebuild its network")
-        if not trust:  # plain values can still name code for Hydra to call
-            check_targets(ckpt.get("hyper_parameters"), path)
         del ckpt
         try:
             return cls.load_from_checkpoint(path, map_location="cpu", weights_only=not trust,
