@@ -419,6 +419,8 @@ class ImageClassifier(L.LightningModule):
         try:
             return cls.load_from_checkpoint(path, map_location="cpu", weights_only=not trust,
                                             **kwargs)
+        except CheckpointError:  # ours name the file and the fix already
+            raise
         except Exception as err:  # a network that does not match, a damaged file
             raise CheckpointError(
                 f"{path} is not a loadable classicnets checkpoint ({type(err).__name__}: "
