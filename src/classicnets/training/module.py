@@ -97,7 +97,7 @@ class ImageClassifier(L.LightningModule):
         nan_policy: str = "stop",
         finetune: Mapping[str, Any] | None = None,
         num_classes: int | None = None,
-        resume_schedule: str = "auto",
+        resume_schedule: Literal["auto", "stretch", "keep", "restart"] = "auto",
     ) -> None:
         super().__init__()
         # plain containers in hparams: the checkpoint then rebuilds everything by itself
