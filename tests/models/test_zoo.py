@@ -3,7 +3,8 @@
 Family files (``test_<family>.py``) assert the exact parameter counts and paper details; here:
 the registry/config correspondence, the docstring citation, one pass over the zoo that trains a
 step of every network through conf/ and Lightning at MNIST's shape and runs it at CIFAR's (or
-the build-time refusal that names the smallest size), and gradients reaching every parameter.
+the build-time refusal that names the smallest size), gradients reaching every parameter, and
+the forward at each network's canonical size.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from classicnets.models import (
     get_model_info,
     list_models,
 )
+from classicnets.models.attention import BoTNet
 from classicnets.runs.pipeline import train
 from zoo_probe import ZooProbe
-from zoo_sizes import model_marks
+from zoo_sizes import BIG_MODELS, canonical_params, model_marks
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 MODELS = list_models()
@@ -194,3 +196,60 @@ def test_network_trains_a_step_and_runs_at_both_small_sizes(name: str, make_cfg:
         del net
         gc.collect()  # the training run's cycles: a huge network must not be held twice
         _forward_backward(name, 3, OTHER)
+
+
+# ------------------------------------------------------------------ at the canonical size
+
+# the options the family tests built at the canonical size: the auxiliary heads, and how many
+CANONICAL_OPTIONS: dict[str, dict] = {"googlenet": {"aux_logits": True},
+                                      "inception_v3": {"aux_logits": True}}
+AUX_HEADS = {"googlenet": 2, "inception_v3": 1}
+# untrained, in eval mode (unit running statistics), very deep residual networks may overflow
+# legitimately; these are checked finite in training mode only
+EVAL_MAY_OVERFLOW = {"resnet", "preact_resnet", "senet", "cbam_resnet"}
+
+
+def _squeezenet(model: nn.Module, scores: torch.Tensor) -> None:
+    assert (scores >= 0).all()  # conv10 is followed by ReLU before the average pool
+
+
+def _nin(model: nn.Module, scores: torch.Tensor) -> None:
+    # global average pooling of the last convolution's maps, no fully connected layer
+    assert scores.shape == (1, model.features[-1].out_channels)
+
+
+def _botnet(model: nn.Module, scores: torch.Tensor) -> None:
+    assert isinstance(model, BoTNet)
+
+
+FAMILY_CHECKS: dict[str, Callable[[nn.Module, torch.Tensor], None]] = {
+    "squeezenet": _squeezenet, "nin": _nin, "attention": _botnet}
+FAST_CANONICAL = 10_000_000  # parameters; larger canonical networks are in the slow tier
+
+
+def _canonical_param(name: str) -> object:
+    marks = model_marks(name)
+    if name not in BIG_MODELS and canonical_params(name) > FAST_CANONICAL:
+        marks.append(pytest.mark.slow)
+    return pytest.param(name, marks=marks, id=name)
+
+
+@pytest.mark.parametrize("name", [_canonical_param(n) for n in MODELS])
+def test_forward_at_canonical_size(name: str) -> None:
+    info = get_model_info(name)
+    model = create_model(name, **CANONICAL_OPTIONS.get(name, {}))
+    x = torch.randn(2, info.in_channels, info.input_size, info.input_size)
+    with torch.no_grad():
+        # training-mode BN normalises with batch statistics
+        out = model.train()(x)
+        logits = out.logits if isinstance(out, ClassifierOutput) else out
+        assert logits.shape == (2, info.num_classes) and torch.isfinite(logits).all()
+        if name in AUX_HEADS:
+            assert isinstance(out, ClassifierOutput)
+            assert [tuple(a.shape) for a in out.aux_logits] == [
+                (2, info.num_classes)] * AUX_HEADS[name]
+        scores = model.eval()(x[:1])
+    assert isinstance(scores, torch.Tensor) and scores.shape == (1, info.num_classes)
+    if info.family not in EVAL_MAY_OVERFLOW:
+        assert torch.isfinite(scores).all()
+    FAMILY_CHECKS.get(info.family, lambda m, s: None)(model, scores)
