@@ -69,6 +69,19 @@ def make_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
 torch.set_num_threads(1)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Move what the imports and the collection made (~550k objects: torch, Lightning, Hydra,
+    the test modules) into the collector's permanent generation. A full collection walks every
+    tracked object, ~0.6 s with those; frozen, the collection after each test below walks only
+    what tests made since, in ~1 ms (it cost ~1 s per test, a third of the suite's time). What
+    is frozen stays as long as the process: modules, classes, parametrize lists; a test's own
+    objects, its models and trainers, are made later and are collected as before."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def _free_huge_models() -> Iterator[None]:
     """Collect right after every test: Lightning's trainer/module reference cycles would

@@ -128,14 +128,6 @@ def test_experiment_recipes_compose_and_build(name: str, make_cfg: MakeCfg,
     instantiate(resolved["optimizer"])(params=[torch.nn.Parameter(torch.zeros(1))])
 
 
-@pytest.mark.parametrize("name", _options("model"))
-def test_model_options_compose_with_any_data(name: str, make_cfg: MakeCfg) -> None:
-    cfg = make_cfg(f"model={name}", "data=cifar100")
-    resolved = _resolve(cfg)["model"]
-    assert (resolved["num_classes"], resolved["in_channels"], resolved["input_size"]) == (
-        100, 3, 32)
-
-
 def test_eval_config_composes(make_cfg: MakeCfg) -> None:
     cfg = make_cfg("ckpt_path=x.ckpt", config_name="eval")
     assert cfg.task_name == "eval" and _resolve(cfg)["ckpt_path"] == "x.ckpt"

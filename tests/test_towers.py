@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from classicnets.parallel import TowerConfigError
-from classicnets.runs.pipeline import train
+from classicnets.runs.pipeline import evaluate, train
+from conftest import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 MakeCfg = Callable[..., DictConfig]
@@ -91,12 +93,32 @@ def test_odd_class_count_splits_unevenly(tmp_path: Path) -> None:
 
 
 def _train(tmp_path: Path, name: str, *args: str) -> Path:
+    """A tower run: src/train.py in its own process (Lightning starts the others from it)."""
     run = tmp_path / name
     cmd = [sys.executable, str(REPO / "src" / "train.py"), *SMALL, f"hydra.run.dir={run}", *args]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**_env(), "PROJECT_ROOT": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return run
+
+
+def _train_here(run: Path, *args: str, config_name: str = "train") -> Path:
+    """A one-device run (or evaluation) in this process, composed as src/train.py composes it:
+    what the tower runs are compared with, without a process start of its own."""
+    cfg = compose_config([*(SMALL if config_name == "train" else ()), *args], run, config_name)
+    try:
+        (train if config_name == "train" else evaluate)(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    return run
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One epoch of two steps on one device: the reference of the fresh tower runs and the
+    checkpoint the crossing runs start from (the tests that use it share one xdist worker)."""
+    return _train_here(tmp_path_factory.mktemp("towers") / "one", "trainer=cpu",
+                       "trainer.max_epochs=1", "test=false")
 
 
 def _state(run: Path) -> dict:
@@ -118,10 +140,11 @@ def _assert_same_weights(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-def test_tower_run_steps_like_one_device(tmp_path: Path) -> None:
+@pytest.mark.xdist_group("towers")
+def test_tower_run_steps_like_one_device(one_epoch: Path, tmp_path: Path) -> None:
     """One epoch of two steps: towers (1 replica) and towers × 2 replicas end with the weights
     and momentum of the single-device run that saw the same global batches."""
-    one = _state(_train(tmp_path, "one", "trainer=cpu", "trainer.max_epochs=1", "test=false"))
+    one = _state(one_epoch)
     pair = _state(_train(tmp_path, "pair", "trainer=towers_sim", "trainer.max_epochs=1",
                          "test=false"))
     assert pair["global_step"] == one["global_step"] == 2
@@ -132,30 +155,30 @@ def test_tower_run_steps_like_one_device(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_checkpoints_cross_between_towers_and_one_device(tmp_path: Path) -> None:
-    start = _train(tmp_path, "start", "trainer=cpu", "trainer.max_epochs=1", "test=false")
-    ckpt = start / "checkpoints" / "last.ckpt"
+@pytest.mark.xdist_group("towers")
+def test_checkpoints_cross_between_towers_and_one_device(one_epoch: Path, tmp_path: Path
+                                                         ) -> None:
+    ckpt = one_epoch / "checkpoints" / "last.ckpt"
     # a single-device checkpoint starts a tower run; it continues exactly as on one device
     towers = _train(tmp_path, "towers", "trainer=towers_sim", "trainer.max_epochs=2",
                     f"ckpt_path={ckpt}")
-    alone = _train(tmp_path, "alone", "trainer=cpu", "trainer.max_epochs=2", f"ckpt_path={ckpt}",
-                   "test=false")
+    alone = _train_here(tmp_path / "alone", "trainer=cpu", "trainer.max_epochs=2",
+                        f"ckpt_path={ckpt}", "test=false")
     t, a = _state(towers), _state(alone)
     assert t["epoch"] == a["epoch"] == 1 and t["global_step"] == a["global_step"] == 4
     _assert_same_weights(t, a)
-    # the tower run's checkpoint is one file for one device: eval.py reproduces its test score
+    # the tower run's checkpoint is one file for one device: evaluation reproduces its test
+    # score (eval.py's own process start is tests/test_scale_out.py's)
     metrics = json.loads((towers / "metrics.json").read_text())
-    cmd = [sys.executable, str(REPO / "src" / "eval.py"), f"ckpt_path={metrics['best_checkpoint']}",
-           "data.image_size=32", "+trainer.limit_test_batches=2", f"hydra.run.dir={tmp_path}/ev",
-           "extras.print_config=false", "trainer.enable_progress_bar=false"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env={**_env(), "PROJECT_ROOT": str(tmp_path)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _train_here(tmp_path / "ev", f"ckpt_path={metrics['best_checkpoint']}", "data.image_size=32",
+                "+trainer.limit_test_batches=2", "extras.print_config=false",
+                "trainer.enable_progress_bar=false", config_name="eval")
     evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]
     assert evaluated["test/acc"] == pytest.approx(metrics["metrics"]["test/acc"], abs=1e-6)
     # ... and resumes on one device
-    resumed = _state(_train(tmp_path, "resumed", "trainer=cpu", "trainer.max_epochs=3",
-                            f"ckpt_path={towers / 'checkpoints' / 'last.ckpt'}", "test=false"))
+    resumed = _state(_train_here(tmp_path / "resumed", "trainer=cpu", "trainer.max_epochs=3",
+                                 f"ckpt_path={towers / 'checkpoints' / 'last.ckpt'}",
+                                 "test=false"))
     assert resumed["epoch"] == 2 and resumed["global_step"] == 6
 
 

@@ -15,37 +15,13 @@ from omegaconf import DictConfig
 
 from classicnets.checkpoints import CheckpointError
 from classicnets.data import DatasetError
-from classicnets.models import UnknownModelError, list_models
+from classicnets.models import UnknownModelError
 from classicnets.runs.pipeline import evaluate, train
-from zoo_sizes import model_marks
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ("extras.print_config=false", "~callbacks.rich_progress_bar",
          "~callbacks.model_summary", "trainer.enable_progress_bar=false")
 MakeCfg = Callable[..., DictConfig]
-# debug=fdr already turns callbacks and loggers off (nothing is written)
-FDR = ("debug=fdr", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false")
-
-
-def _fdr_params() -> list:
-    return [pytest.param(n, marks=model_marks(n), id=n) for n in list_models()]
-
-
-@pytest.mark.parametrize("name", _fdr_params())
-def test_fast_dev_run_every_model_on_synthetic(name: str, make_cfg: MakeCfg) -> None:
-    cfg = make_cfg(f"model={name}", "data=synthetic", "data.num_samples=16", "data.batch_size=4",
-                   *FDR)
-    _, metrics = train(cfg)
-    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
-    assert {"train/loss", "test/acc"} <= set(metrics)
-    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
-
-
-@pytest.mark.parametrize("name", _fdr_params())
-def test_fast_dev_run_every_model_on_digits(name: str, make_cfg: MakeCfg) -> None:
-    cfg = make_cfg(f"model={name}", "data=digits", "data.batch_size=4", *FDR)
-    _, metrics = train(cfg)
-    assert 0.0 <= metrics["test/acc"] <= 1.0
 
 
 def _run_dir_metrics(path: Path) -> list[dict[str, str]]:

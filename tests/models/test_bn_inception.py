@@ -66,10 +66,3 @@ def test_low_resolution_stem() -> None:
     assert sizes == [16]
     with pytest.raises(InputSizeError):
         create_model("bn_inception", input_size=1)
-
-
-@pytest.mark.slow
-def test_forward_canonical_size() -> None:
-    model = create_model("bn_inception").eval()
-    with torch.no_grad():
-        assert model(torch.randn(2, 3, 224, 224)).shape == (2, 1000)

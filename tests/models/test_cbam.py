@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from classicnets.models import create_model, get_model_info
+from classicnets.models import create_model
 from classicnets.models.layers import CBAM, ChannelAttention, SpatialAttention
 
 REFERENCE = {
@@ -106,17 +106,3 @@ def test_cbam_is_channel_then_spatial_on_the_branch_before_the_addition() -> Non
         torch.testing.assert_close(block(x), F.relu(block.shortcut(x) + attn[1](attn[0](h))))
         block.branch.attn = Silence()
         torch.testing.assert_close(block(x), F.relu(block.shortcut(x)))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(REFERENCE))
-def test_forward_at_canonical_size(name: str) -> None:
-    info = get_model_info(name)
-    model = create_model(name)
-    x = torch.randn(2, info.in_channels, info.input_size, info.input_size)
-    with torch.no_grad():
-        # training-mode BN normalises with batch statistics; in eval mode an untrained
-        # 1000-layer net (unit running statistics) legitimately overflows
-        out = model.train()(x)
-        assert out.shape == (2, info.num_classes) and torch.isfinite(out).all()
-        assert model.eval()(x).shape == (2, info.num_classes)

@@ -92,10 +92,3 @@ def test_low_resolution_stem() -> None:
     assert sizes == [12]
     with pytest.raises(InputSizeError, match="smallest input size it accepts is 21"):
         create_model("inception_v3", input_size=20)
-
-
-@pytest.mark.slow
-def test_forward_canonical_size() -> None:
-    model = create_model("inception_v3", aux_logits=True).train()
-    out = model(torch.randn(2, 3, 299, 299))
-    assert out.logits.shape == (2, 1000) and out.aux_logits[0].shape == (2, 1000)

@@ -142,11 +142,3 @@ def test_low_resolution_stem(name: str) -> None:
 def test_refuses_inputs_that_cannot_work(name: str, minimum: int) -> None:
     with pytest.raises(InputSizeError, match=f"smallest input size it accepts is {minimum}"):
         create_model(name, input_size=minimum - 1)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
-def test_forward_canonical_size(name: str) -> None:
-    model = create_model(name).eval()
-    with torch.no_grad():
-        assert model(torch.randn(1, 3, 299, 299)).shape == (1, 1000)

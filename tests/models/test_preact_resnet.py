@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from classicnets.models import create_model, get_model_info
+from classicnets.models import create_model
 from classicnets.models.preact_resnet import PreActBasicBlock, PreActBottleneck, PreActResNet
 
 REFERENCE = {
@@ -124,26 +124,3 @@ def test_dropped_unit_is_exactly_its_shortcut() -> None:
     block = list(model.residual_blocks())[-1]
     x = torch.randn(2, 256, 8, 8)
     torch.testing.assert_close(block(x), x, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param("preact_resnet18"),
-        pytest.param("preact_resnet164", marks=pytest.mark.slow),
-        pytest.param("preact_resnet50", marks=pytest.mark.slow),
-        pytest.param("preact_resnet101", marks=pytest.mark.slow),
-        pytest.param("preact_resnet152", marks=pytest.mark.slow),
-        pytest.param("preact_resnet1001", marks=pytest.mark.slow),
-    ],
-)
-def test_forward_at_canonical_size(name: str) -> None:
-    info = get_model_info(name)
-    model = create_model(name)
-    x = torch.randn(2, info.in_channels, info.input_size, info.input_size)
-    with torch.no_grad():
-        # training-mode BN normalises with batch statistics; in eval mode an untrained
-        # 1000-layer net (unit running statistics) legitimately overflows
-        out = model.train()(x)
-        assert out.shape == (2, info.num_classes) and torch.isfinite(out).all()
-        assert model.eval()(x).shape == (2, info.num_classes)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from classicnets.models import create_model, get_model_info, list_models
+from classicnets.models import create_model, list_models
 from classicnets.models.resnet import (
     SMALL_INPUT_THRESHOLD,
     ResNet,
@@ -241,24 +241,3 @@ def test_eval_is_deterministic_and_scales_the_residual_by_p() -> None:
             p = block.survival_prob
             expected = F.relu(block.shortcut_path(h) + p * block.residual(h))
             torch.testing.assert_close(block(h), expected)
-
-
-# --- forward at the canonical size -----------------------------------------------------------
-
-_FAST = {"resnet18", "resnet50", "resnet20", "resnet32"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=[] if n in _FAST else [pytest.mark.slow]) for n in REFERENCE],
-)
-def test_forward_at_canonical_size(name: str) -> None:
-    info = get_model_info(name)
-    model = create_model(name)
-    x = torch.randn(2, info.in_channels, info.input_size, info.input_size)
-    with torch.no_grad():
-        # training-mode BN normalises with batch statistics; in eval mode an untrained
-        # 1000-layer net (unit running statistics) legitimately overflows
-        out = model.train()(x)
-        assert out.shape == (2, info.num_classes) and torch.isfinite(out).all()
-        assert model.eval()(x).shape == (2, info.num_classes)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from classicnets.models import create_model, get_model_info
+from classicnets.models import create_model
 from classicnets.models.layers import SqueezeExcite
 
 REFERENCE = {
@@ -95,17 +95,3 @@ def test_stride_placement_of_the_released_models() -> None:
     assert se50.conv1[0].stride == (2, 2) and se50.conv2[0].stride == (1, 1)
     assert sx50.conv1[0].stride == (1, 1) and sx50.conv2[0].stride == (2, 2)
     assert sx50.conv2[0].groups == 32
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(REFERENCE))
-def test_forward_at_canonical_size(name: str) -> None:
-    info = get_model_info(name)
-    model = create_model(name)
-    x = torch.randn(2, info.in_channels, info.input_size, info.input_size)
-    with torch.no_grad():
-        # training-mode BN normalises with batch statistics; in eval mode an untrained
-        # 1000-layer net (unit running statistics) legitimately overflows
-        out = model.train()(x)
-        assert out.shape == (2, info.num_classes) and torch.isfinite(out).all()
-        assert model.eval()(x).shape == (2, info.num_classes)

@@ -133,12 +133,3 @@ def test_too_small_inputs_are_refused_at_build_time() -> None:
         create_model("squeezenet1_1", input_size=3)
     with pytest.raises(InputSizeError, match="smallest input size it accepts is 21"):
         create_model("squeezenet1_0", input_size=20, small_stem=False)
-
-
-@pytest.mark.parametrize("name", list(REFERENCE))
-def test_forward_at_canonical_size(name: str) -> None:
-    model = create_model(name).eval()
-    with torch.no_grad():
-        out = model(torch.randn(1, 3, 224, 224))
-    assert out.shape == (1, 1000) and torch.isfinite(out).all()
-    assert (out >= 0).all()  # conv10 is followed by ReLU before the average pool

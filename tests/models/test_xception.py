@@ -84,10 +84,3 @@ def test_low_resolution_stem() -> None:
     assert sizes == [4]
     with pytest.raises(InputSizeError, match="smallest input size it accepts is 5"):
         create_model("xception", input_size=4)
-
-
-@pytest.mark.slow
-def test_forward_canonical_size() -> None:
-    model = create_model("xception").eval()
-    with torch.no_grad():
-        assert model(torch.randn(2, 3, 299, 299)).shape == (2, 1000)
