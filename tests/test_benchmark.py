@@ -246,8 +246,6 @@ def test_tiny_benchmark_writes_every_section(make_cfg, tmp_path: Path) -> None:
         ("template", "training", "plain"),
         ("template", "host overhead", "lightning"),
         ("template", "host overhead", "plain"),
-        ("template", "host overhead, Lightning's step", "lightning"),
-        ("template", "host overhead, Lightning's step", "plain"),
         ("data", "data only", "fast"),
         ("data", "data only", "torch"),
         ("data", "training (plain loop)", "fast"),

@@ -63,9 +63,11 @@ def test_resume_continues_epochs_and_optimizer_state(make_cfg: MakeCfg) -> None:
     mom2 = state2["optimizer_states"][0]["state"]
     assert set(mom1) == set(mom2)
     assert not torch.equal(mom1[0]["momentum_buffer"], mom2[0]["momentum_buffer"])
-    # the schedule continued: the lr after epoch 2 is the cosine value at 2 epochs, not 1
+    # the schedule continued over the longer horizon: the 1-epoch cosine had ended, so
+    # module.resume_schedule=auto restarted it over the second epoch (issue 21)
     sched = state2["lr_schedulers"][0]
-    assert sched["last_epoch"] == 2 * steps
+    assert sched["t"] == 2 * steps and sched["offset"] == steps
+    assert sched["inner"]["last_epoch"] == steps and "-> restart" in sched["note"]
 
 
 def test_eval_reproduces_the_train_time_test_accuracy(make_cfg: MakeCfg) -> None:
