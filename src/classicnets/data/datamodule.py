@@ -24,6 +24,8 @@ from classicnets.data.decode import (
     uint8_folder_transform,
 )
 from classicnets.data.fast import DeviceLoader, pair_to_device
+from classicnets.data.policies import AugmentPolicy
+from classicnets.data.repeated import RepeatedAugmentationSampler
 from classicnets.data.transforms import (
     RECIPES,
     BatchTransform,
@@ -110,6 +112,10 @@ class ImageDataModule(L.LightningDataModule):
     per-image PIL path; ``auto`` (default) is ``torchvision``.
     ``augment``: true = the dataset's standard recipe, false = none, or a recipe name for
     in-memory data (``distort``: random affine distortions shaped by ``distortion``).
+    On top of it, training may add ``policy`` (none, trivialaugment, randaugment, autoaugment,
+    augmix; knobs in ``policy_options``), ``random_erasing`` (probability), repeated
+    augmentation (``repeated_augmentation`` = k copies of each image an epoch) and FixRes
+    (``train_crop_size``: train at that size, evaluate at ``image_size``) on both loaders.
     The train/val split is drawn from ``seed`` so it is the same on every rank and every run.
     """
 
@@ -131,6 +137,11 @@ class ImageDataModule(L.LightningDataModule):
         resize_size: int | None = None,
         augment: bool | str = True,
         distortion: Mapping[str, Any] | None = None,
+        policy: str = "none",
+        policy_options: Mapping[str, Any] | None = None,
+        random_erasing: float = 0.0,
+        repeated_augmentation: int = 1,
+        train_crop_size: int | None = None,
         loader: str = "auto",
         decoder: str = "auto",
         download: bool = False,
@@ -146,6 +157,8 @@ class ImageDataModule(L.LightningDataModule):
         if distortion is not None:
             distortion = {k: [float(x) for x in v] if k == "scale" else v
                           for k, v in distortion.items()}
+        if policy_options is not None:
+            policy_options = {str(k): v for k, v in dict(policy_options).items()}
         super().__init__()
         self.save_hyperparameters(logger=False)  # the run logs the full config itself
         self.spec: DatasetSpec = get_spec(name)
@@ -184,11 +197,41 @@ class ImageDataModule(L.LightningDataModule):
             self.distortion = Distortion.from_config(distortion)
         except (TypeError, ValueError) as err:
             raise DatasetError(str(err)) from None
+        try:
+            self.policy = AugmentPolicy.from_config(policy, policy_options)
+        except (TypeError, ValueError) as err:
+            raise DatasetError(str(err)) from None
+        if isinstance(random_erasing, bool) or not 0.0 <= float(random_erasing) <= 1.0:
+            raise DatasetError(f"data.random_erasing={random_erasing!r} is a probability: a "
+                               "number in [0, 1] (0: off; DeiT and torchvision's recipe: 0.25)")
+        self.random_erasing = float(random_erasing)
+        if (isinstance(repeated_augmentation, bool) or int(repeated_augmentation) !=
+                repeated_augmentation or repeated_augmentation < 1):
+            raise DatasetError(f"data.repeated_augmentation={repeated_augmentation!r} must be an "
+                               "integer >= 1 (1: off; DeiT: 3)")
+        self.repeats = int(repeated_augmentation)
+        if batch_size >= 1 and batch_size < self.repeats:
+            raise DatasetError(f"data.repeated_augmentation={self.repeats} needs a batch of at "
+                               f"least {self.repeats} images; data.batch_size={batch_size}: "
+                               "raise the batch or lower the repeats")
         self.num_classes = int(num_classes or spec.num_classes)  # type: ignore[arg-type]
         self.in_channels = int(in_channels or spec.in_channels)
         if self.in_channels not in (1, 3):
             raise DatasetError(f"data.in_channels must be 1 or 3, got {self.in_channels}")
         self.image_size = int(image_size or spec.image_size)
+        # FixRes: the training crop (evaluation stays at image_size, after resize_size)
+        if train_crop_size is not None and (isinstance(train_crop_size, bool)
+                                            or int(train_crop_size) < 1):
+            raise DatasetError(f"data.train_crop_size={train_crop_size!r} must be a positive "
+                               "side in pixels, or null (= data.image_size)")
+        self.train_crop_size = int(train_crop_size or self.image_size)
+        if spec.in_memory:
+            most = max(spec.image_size, self.image_size)
+            if self.train_crop_size > most:
+                raise DatasetError(
+                    f"data.train_crop_size={self.train_crop_size} is larger than {name} can "
+                    f"give: its images are {spec.image_size} px (resized to data.image_size="
+                    f"{self.image_size}); use at most {most}")
         self.root = Path(root).expanduser()
         self.loader = ("fast" if spec.in_memory else "torch") if loader == "auto" else loader
         if (mean is None) != (std is None):
@@ -270,7 +313,13 @@ class ImageDataModule(L.LightningDataModule):
         return self.hparams.batch_size // ws
 
     def setup(self, stage: str | None = None) -> None:
-        self.per_device_batch_size  # noqa: B018 — fail before any data is read
+        per_device = self.per_device_batch_size  # fail before any data is read
+        if self.repeats > 1 and per_device < self.repeats:
+            raise DatasetError(
+                f"data.repeated_augmentation={self.repeats} needs at least {self.repeats} images "
+                f"per process and batch; data.batch_size={self.hparams.batch_size} over "
+                f"{self.world_size} processes gives {per_device}: raise data.batch_size to at "
+                f"least {self.repeats * self.world_size} or lower the repeats")
         if self.train_set is not None:
             return
         if self.spec.in_memory:
@@ -316,12 +365,16 @@ class ImageDataModule(L.LightningDataModule):
             )
 
         def folder(split_dir: Path, train: bool) -> ImageFolder:
-            geometry = dict(train=train and self.hparams.augment, image_size=self.image_size,
+            augment = train and bool(self.hparams.augment)
+            geometry = dict(train=augment,
+                            image_size=self.train_crop_size if train else self.image_size,
                             in_channels=self.in_channels, resize_size=self.resize_size)
+            policy = self.policy if train else None
             if self.decoder == "torchvision":  # uint8 out; normalised per batch (_loader)
-                tf, read = uint8_folder_transform(**geometry), read_rgb
+                tf, read = uint8_folder_transform(**geometry, policy=policy), read_rgb
             else:
-                tf = folder_transform(**geometry, mean=self.mean, std=self.std)
+                tf = folder_transform(**geometry, mean=self.mean, std=self.std, policy=policy,
+                                      random_erasing=self.random_erasing if train else 0.0)
                 read = default_loader
             try:
                 return CheckedImageFolder(str(split_dir), transform=tf, loader=read)
@@ -393,30 +446,42 @@ class ImageDataModule(L.LightningDataModule):
         n_local = len(data) // self.world_size
         # a last batch of one sample breaks BatchNorm; drop it only when a full batch exists
         drop_last = train and n_local > bs
+        size = self.train_crop_size if train else self.image_size
+        extras: dict[str, Any] = dict(policy=self.policy if train else None,
+                                      random_erasing=self.random_erasing if train else 0.0)
+        repeats = self.repeats if train else 1
         if self.loader == "fast":
             tf = BatchTransform(self.recipe, train=train,
-                                native_size=data.images.shape[-1], image_size=self.image_size,
+                                native_size=data.images.shape[-1], image_size=size,
                                 mean=self.mean, std=self.std,
                                 channels_last=self.hparams.channels_last,
-                                distortion=self.distortion)
+                                distortion=self.distortion, **extras)
             return DeviceLoader(data, batch_size=bs, transform=tf, device=self._device(),
                                 shuffle=train, drop_last=drop_last, seed=self.hparams.seed,
-                                rank=self._replica()[1], world_size=self.world_size)
+                                rank=self._replica()[1], world_size=self.world_size,
+                                repeats=repeats)
         if isinstance(data, ArrayData):
             data = ArrayDataset(data, sample_transform(
                 self.recipe, train=train,
-                native_size=data.images.shape[-1], image_size=self.image_size,
-                mean=self.mean, std=self.std, distortion=self.distortion))
+                native_size=data.images.shape[-1], image_size=size,
+                mean=self.mean, std=self.std, distortion=self.distortion, **extras))
         workers = self._num_workers()
         pin = self.hparams.pin_memory
+        sampler = None
+        if repeats > 1:  # sharded by itself: Lightning leaves a DistributedSampler in place
+            sampler = RepeatedAugmentationSampler(
+                data, repeats=repeats, num_replicas=self.world_size, rank=self._replica()[1],
+                seed=self.hparams.seed)
         kwargs: dict[str, Any] = dict(
-            batch_size=bs, shuffle=train, drop_last=drop_last, num_workers=workers,
+            batch_size=bs, shuffle=train and sampler is None, sampler=sampler,
+            drop_last=drop_last, num_workers=workers,
             pin_memory=torch.cuda.is_available() if pin is None else pin,
             persistent_workers=workers > 0 and self.hparams.persistent_workers,
             generator=torch.Generator().manual_seed(self.hparams.seed) if train else None,
         )
         if self.decoder == "torchvision":  # uint8 samples, normalised per batch
-            finish = BatchNormalize(self.mean, self.std, channels_last=self.hparams.channels_last)
+            finish = BatchNormalize(self.mean, self.std, channels_last=self.hparams.channels_last,
+                                    random_erasing=extras["random_erasing"])
             # on every device, the CPU included: a worker ships a quarter of the bytes and
             # faults in a quarter of the fresh shared memory of a float batch, and it is the
             # workers that bound a folder dataset's throughput; normalising costs the main

@@ -34,6 +34,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from classicnets.data.policies import AugmentPolicy, BatchRandomErasing
 from classicnets.data.transforms import folder_uint8_ops
 
 __all__ = [
@@ -126,14 +127,19 @@ class RandomResizedCropFlip:
 
 
 def uint8_folder_transform(*, train: bool, image_size: int, in_channels: int,
-                           resize_size: int | None = None) -> v2.Compose:
+                           resize_size: int | None = None,
+                           policy: AugmentPolicy | None = None) -> v2.Compose:
     """:func:`~classicnets.data.transforms.folder_transform` up to (not including) the float
-    conversion, for the uint8 tensors of :func:`read_rgb`."""
+    conversion, for the uint8 tensors of :func:`read_rgb` (random erasing, which follows the
+    normalisation, is :class:`BatchNormalize`'s)."""
     if not train:  # resize + centre crop: the very ops of the PIL path
         return v2.Compose(folder_uint8_ops(train=False, image_size=image_size,
-                                           in_channels=in_channels, resize_size=resize_size))
+                                           in_channels=in_channels, resize_size=resize_size,
+                                           policy=policy))
     grey: list[Any] = [v2.Grayscale(1)] if in_channels == 1 else []
-    return v2.Compose([*grey, RandomResizedCropFlip(image_size)])
+    extra = policy.per_image() if policy is not None else None
+    return v2.Compose([*grey, RandomResizedCropFlip(image_size),
+                       *([extra] if extra is not None else [])])
 
 
 def batch_buffer(shape: Sequence[int], dtype: torch.dtype, *, channels_last: bool) -> Tensor:
@@ -157,14 +163,18 @@ def _stackable(images: Sequence[Tensor]) -> bool:
 class BatchNormalize:
     """uint8 ``(B, C, H, W)`` batch → float ``(x / 255 - mean) / std`` on the batch's device
     (the last two steps of :func:`folder_transform`, per batch), contiguous or channels-last
-    as asked whatever the input's layout: one converting copy and two in-place passes."""
+    as asked whatever the input's layout: one converting copy and two in-place passes.
+    ``random_erasing`` > 0 (training) erases a random rectangle of each normalised image with
+    that probability (:class:`~classicnets.data.policies.BatchRandomErasing`, drawn from torch's
+    default generator, as the per-image transforms of this path draw)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float],
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, random_erasing: float = 0.0) -> None:
         m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.scale, self.shift = 1.0 / (255.0 * s), -m / s
         self.channels_last = channels_last
+        self.erasing = BatchRandomErasing(random_erasing) if random_erasing > 0 else None
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.dtype != torch.uint8:
@@ -174,7 +184,8 @@ class BatchNormalize:
         out = torch.empty(x.shape, dtype=torch.float32, device=dev, memory_format=layout)
         # two in-place passes: twice as fast on the CPU as one broadcast addcmul, which does
         # not vectorise over the channel-wise scale
-        return out.copy_(x).mul_(self.scale.to(dev)).add_(self.shift.to(dev))
+        out = out.copy_(x).mul_(self.scale.to(dev)).add_(self.shift.to(dev))
+        return out if self.erasing is None else self.erasing(out)
 
 
 def stack_uint8(samples: list[tuple[Tensor, Any]]) -> tuple[Tensor, Tensor]:

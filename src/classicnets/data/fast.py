@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from classicnets.data.catalogue import ArrayData
+from classicnets.data.repeated import epoch_permutation, repeated_order
 from classicnets.data.transforms import BatchTransform
 
 __all__ = ["DeviceLoader", "pair_to_device"]
@@ -29,7 +30,10 @@ class DeviceLoader:
     * DDP: rank ``r`` of ``world_size`` takes positions ``r, r + W, ...`` of the permutation,
       padded to equal length like :class:`~torch.utils.data.DistributedSampler`, so shards are
       disjoint (up to that padding) and every rank runs the same number of steps;
-    * augmentation draws come from a per-rank generator seeded from ``seed``, epoch and rank.
+    * augmentation draws come from a per-rank generator seeded from ``seed``, epoch and rank;
+    * ``repeats`` k > 1 (training): repeated augmentation, each image k times an epoch with its
+      own draws, the epoch length kept (:func:`~classicnets.data.repeated.repeated_order`, the
+      order the DataLoader path's sampler gives too).
 
     ``set_epoch`` is called by Lightning through the ``sampler`` attribute (as for a sampler).
     ``state_dict``/``load_state_dict`` make it a resumable loader for Lightning: a checkpoint
@@ -41,13 +45,14 @@ class DeviceLoader:
     def __init__(self, data: ArrayData, *, batch_size: int, transform: BatchTransform,
                  device: torch.device | str = "cpu", shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, repeats: int = 1) -> None:
         self.device = torch.device(device)
         self.images = data.images.to(self.device)
         self.labels = data.labels.to(self.device)
         self.batch_size, self.transform = batch_size, transform
         self.shuffle, self.drop_last = shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.repeats = int(repeats)
         self.epoch = 0
         self._served = 0  # batches of the current epoch handed out so far (skipped ones too)
         self._resume: tuple[int, int] | None = None  # (epoch, batches) from a checkpoint
@@ -69,11 +74,11 @@ class DeviceLoader:
     def indices(self) -> Tensor:
         """This rank's sample order for the current epoch."""
         n = len(self.labels)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
+        if self.repeats > 1:
+            return repeated_order(n, repeats=self.repeats, num_replicas=self.world_size,
+                                  rank=self.rank, seed=self.seed, epoch=self.epoch,
+                                  shuffle=self.shuffle).to(self.device)
+        order = epoch_permutation(n, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle)
         total = self.num_samples * self.world_size
         if total > n:  # pad by wrapping around, as DistributedSampler does
             order = torch.cat([order, order[: total - n]])

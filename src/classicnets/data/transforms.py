@@ -11,6 +11,11 @@ the distortions LeCun et al. (1998) trained LeNet-5 with; ``none``; ``imagenet``
 random-resized-crop + flip for training, resize to 256/224 of the size + centre crop for eval.
 In-memory images are cropped/flipped at their native size and then resized to ``image_size``;
 distortions are applied after the resize, so an 8-px digit is resampled at the network's 32 px.
+
+On top of a recipe, training may add an augmentation policy (:mod:`classicnets.data.policies`:
+TrivialAugmentWide, RandAugment, AutoAugment, AugMix) on the uint8 image after the crop and
+flip, and random erasing after normalisation, where torchvision's reference recipe puts them;
+in-memory images get the policy at their native size, before any resize.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import v2
+
+from classicnets.data.policies import AugmentPolicy, BatchPolicy, BatchRandomErasing
 
 __all__ = [
     "RECIPES",
@@ -90,20 +97,37 @@ def crop_padding(native_size: int) -> int:
     return max(1, round(native_size / 8))
 
 
+def _erasing(p: float) -> list[torch.nn.Module]:
+    """Random erasing with random-value fill (timm's "pixel" mode), on normalised images."""
+    return [v2.RandomErasing(p=p, value="random")] if p > 0 else []
+
+
+def _policy(policy: AugmentPolicy | None) -> list[torch.nn.Module]:
+    t = policy.per_image() if policy is not None else None
+    return [t] if t is not None else []
+
+
 def sample_transform(recipe: str, *, train: bool, native_size: int, image_size: int,
                      mean: Sequence[float], std: Sequence[float],
-                     distortion: Distortion | None = None) -> v2.Compose:
-    """Per-image transform for a uint8 ``(C, H, W)`` tensor from an in-memory dataset."""
+                     distortion: Distortion | None = None,
+                     policy: AugmentPolicy | None = None,
+                     random_erasing: float = 0.0) -> v2.Compose:
+    """Per-image transform for a uint8 ``(C, H, W)`` tensor from an in-memory dataset
+    (``policy`` and ``random_erasing``: training only, on top of the recipe)."""
     ops: list[torch.nn.Module] = []
     if train and recipe == "crop_flip":
         ops += [v2.RandomCrop(native_size, padding=crop_padding(native_size)),
                 v2.RandomHorizontalFlip()]
+    if train:
+        ops += _policy(policy)
     ops.append(v2.ToDtype(torch.float32, scale=True))
     if image_size != native_size:
         ops.append(v2.Resize(image_size, antialias=True))
     if train and recipe == "distort":
         ops.append((distortion or Distortion()).torchvision())
     ops.append(v2.Normalize(list(mean), list(std)))
+    if train:
+        ops += _erasing(random_erasing)
     return v2.Compose(ops)
 
 
@@ -115,27 +139,32 @@ def eval_resize(image_size: int) -> int:
 
 def folder_transform(*, train: bool, image_size: int, in_channels: int,
                      mean: Sequence[float], std: Sequence[float],
-                     resize_size: int | None = None) -> v2.Compose:
+                     resize_size: int | None = None, policy: AugmentPolicy | None = None,
+                     random_erasing: float = 0.0) -> v2.Compose:
     """ImageNet-style transform for PIL images read from a folder tree (evaluation: resize
-    the shorter side to ``resize_size``, default :func:`eval_resize`, then centre-crop)."""
+    the shorter side to ``resize_size``, default :func:`eval_resize`, then centre-crop).
+    Training crops to ``image_size`` (the caller passes ``train_crop_size`` there: FixRes)."""
     ops = [v2.ToImage(), *folder_uint8_ops(train=train, image_size=image_size,
-                                           in_channels=in_channels, resize_size=resize_size)]
+                                           in_channels=in_channels, resize_size=resize_size,
+                                           policy=policy)]
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(ops)
+    return v2.Compose(ops + _erasing(random_erasing))
 
 
 def folder_uint8_ops(*, train: bool, image_size: int, in_channels: int,
-                     resize_size: int | None = None) -> list[torch.nn.Module]:
+                     resize_size: int | None = None,
+                     policy: AugmentPolicy | None = None) -> list[torch.nn.Module]:
     """The geometric part of :func:`folder_transform` on a uint8 ``(3, H, W)`` image, without
     float conversion and normalisation: shared by the PIL path and the torchvision-decoder
-    path (:mod:`classicnets.data.decode`), which normalises whole batches later."""
+    path (:mod:`classicnets.data.decode`), which normalises whole batches later. ``policy``
+    (training) follows the crop and flip, as in torchvision's reference recipe."""
     ops: list[torch.nn.Module] = [v2.Grayscale(1)] if in_channels == 1 else []
     if train:
         ops += [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
     else:
         ops += [v2.Resize(resize_size or eval_resize(image_size), antialias=True),
                 v2.CenterCrop(image_size)]
-    return ops
+    return ops + _policy(policy)  # given for training only (with or without the crop/flip)
 
 
 @dataclass(frozen=True)
@@ -199,12 +228,15 @@ class BatchTransform:
 
     Crop offsets are drawn uniformly from ``[0, 2·pad]`` per image and per axis and flips with
     probability 1/2, and distortions as :class:`Distortion` says — exactly the distributions
-    of :func:`sample_transform` — from the caller's generator, one draw per image.
+    of :func:`sample_transform` — from the caller's generator, one draw per image; so are a
+    policy (:class:`~classicnets.data.policies.BatchPolicy`, after the crop and flip, at the
+    native size) and random erasing (after normalisation), training only.
     """
 
     def __init__(self, recipe: str, *, train: bool, native_size: int, image_size: int,
                  mean: Sequence[float], std: Sequence[float],
-                 channels_last: bool = False, distortion: Distortion | None = None) -> None:
+                 channels_last: bool = False, distortion: Distortion | None = None,
+                 policy: AugmentPolicy | None = None, random_erasing: float = 0.0) -> None:
         if recipe not in RECIPES:
             raise ValueError(f"unknown augmentation recipe {recipe!r}; known: "
                              f"{', '.join(RECIPES)}")
@@ -215,6 +247,16 @@ class BatchTransform:
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
         self.channels_last = channels_last
+        self.policy = (BatchPolicy(policy, height=native_size, width=native_size)
+                       if train and policy is not None and policy.enabled else None)
+        self.erasing = BatchRandomErasing(random_erasing) if train and random_erasing > 0 else None
+        self.channels = len(mean)
+
+    @property
+    def random(self) -> bool:
+        """Whether a call draws random numbers (and so needs a generator)."""
+        return (self.augment or self.distortion is not None or self.policy is not None
+                or self.erasing is not None)
 
     def _draw(self, b: int, device: torch.device, generator: torch.Generator
               ) -> tuple[Tensor, Tensor, Tensor]:
@@ -230,8 +272,13 @@ class BatchTransform:
         touching images: a resumed epoch then draws what the uninterrupted one drew."""
         if self.augment:
             self._draw(batch_size, generator.device, generator)
+        if self.policy is not None:
+            self.policy.skip(batch_size, generator)
         if self.distortion is not None:
             self._draw_affine(batch_size, generator.device, generator)
+        if self.erasing is not None:
+            size = self.image_size
+            self.erasing.skip((batch_size, self.channels, size, size), generator)
 
     def random_crop_flip(self, x: Tensor, generator: torch.Generator) -> Tensor:
         b, c, h, w = x.shape
@@ -282,10 +329,12 @@ class BatchTransform:
                              align_corners=False)
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        if (self.augment or self.distortion is not None) and generator is None:
+        if self.random and generator is None:
             raise ValueError("training augmentation needs a generator for reproducibility")
         if self.augment:
             x = self.random_crop_flip(x, generator)
+        if self.policy is not None:
+            x = self.policy(x, generator)
         if self.distortion is not None:
             x = x.float().div_(255.0)
             if self.image_size != self.native_size:
@@ -300,6 +349,8 @@ class BatchTransform:
         else:  # (x / 255 - mean) / std as one multiply-add pass over the batch
             scale = (1.0 / (255.0 * self.std)).to(x.device)
             x = torch.addcmul((-self.mean / self.std).to(x.device), x.float(), scale)
+        if self.erasing is not None:
+            x = self.erasing(x, generator)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
