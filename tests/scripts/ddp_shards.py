@@ -1,5 +1,6 @@
 """Run by tests/test_fast_loader.py: 2 CPU processes (DDP, gloo) each record the sample ids the
-fast loader gives them in one epoch and write them to <out>/rank<r>.json."""
+fast loader gives them in one epoch and write them to <out>/rank<r>.json. Optional arguments:
+the loader (fast | torch) and data.repeated_augmentation (tests/test_augment_policies.py)."""
 
 from __future__ import annotations
 
@@ -44,8 +45,10 @@ class IdData(ImageDataModule):
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])
+    loader = sys.argv[2] if len(sys.argv) > 2 else "fast"
+    repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     dm = IdData("synthetic", num_classes=4, num_samples=64, val_fraction=0.0, batch_size=8,
-                loader="fast", seed=3)
+                loader=loader, seed=3, num_workers=0, repeated_augmentation=repeats)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2,
                         limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
