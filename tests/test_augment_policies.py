@@ -262,7 +262,7 @@ def test_repeated_sampler_shards_repeats_and_keeps_the_epoch_length() -> None:
         per_rank = [list(RepeatedAugmentationSampler(range(n), repeats=k, num_replicas=world,
                                                      rank=r, seed=1)) for r in range(world)]
         assert all(len(s) == math.ceil(n / world) for s in per_rank)  # epoch length kept
-        everything = torch.tensor(sum(per_rank, []))
+        everything = torch.tensor([i for s in per_rank for i in s])
         counts = torch.bincount(everything, minlength=n)
         assert counts.max() <= k  # each image at most k times over all ranks together
         # about n / k distinct images an epoch, nearly all k times
@@ -388,11 +388,11 @@ def test_bad_options_fail_naming_the_option(kwargs: dict, message: str) -> None:
 def test_repeats_larger_than_the_per_process_batch_fail_at_setup() -> None:
     dm = ImageDataModule("digits", batch_size=4, repeated_augmentation=4, num_workers=0)
 
-    class TwoRanks:  # what _replica reads from a DDP trainer
-        class strategy:  # noqa: N801
-            distributed_sampler_kwargs = {"num_replicas": 2, "rank": 0}
+    from types import SimpleNamespace
 
-    dm.trainer = TwoRanks()  # type: ignore[assignment]
+    # what _replica reads from a DDP trainer: 2 replicas
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(  # type: ignore[assignment]
+        distributed_sampler_kwargs={"num_replicas": 2, "rank": 0}))
     with pytest.raises(DatasetError, match="gives 2: raise data.batch_size to at least 8"):
         dm.setup("fit")
 

@@ -250,6 +250,8 @@ def test_tiny_benchmark_writes_every_section(make_cfg, tmp_path: Path) -> None:
         ("data", "data only", "torch"),
         ("data", "training (plain loop)", "fast"),
         ("data", "training (plain loop)", "torch"),
+        ("data", "ingredients (training, fast path)", "crop+flip"),
+        ("data", "ingredients (training, fast path)", "randaugment+erasing"),
         ("twins", "resnet18", "ours"),
         ("twins", "resnet18", "reference"),
         ("epoch", "synthetic 24 images", "epoch"),
@@ -288,6 +290,7 @@ def test_tiny_benchmark_writes_every_section(make_cfg, tmp_path: Path) -> None:
     half = float(ddp["optimizer_mib"]) / 2
     assert float(towers["optimizer_mib"]) == pytest.approx(half, rel=1e-4)
     assert "template / plain =" in md and "fast / torch =" in md
+    assert "ingredients: randaugment+erasing / crop+flip =" in md
     assert "µs of host time per step" in md and "from CPU time" in md
     tiny = [r for r in table if r["case"] == "host overhead"]
     assert {r["model"] for r in tiny} == {"tiny mlp"} and {r["image_size"] for r in tiny} == {"8"}

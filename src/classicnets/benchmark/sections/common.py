@@ -145,8 +145,10 @@ def datamodule(
     batch_size: int,
     image_size: int,
     num_workers: int | None,
+    **options: Any,
 ) -> Any:
-    """An :class:`ImageDataModule` for training only (no validation split)."""
+    """An :class:`ImageDataModule` for training only (no validation split); ``options``: more
+    DataModule arguments (augmentation policy, random erasing)."""
     from classicnets.data import ImageDataModule, get_spec
 
     spec = get_spec(name)
@@ -162,6 +164,7 @@ def datamodule(
         num_samples=num_samples,
         seed=seed,
         channels_last=bench.channels_last,
+        **options,
     )
 
 

@@ -2,7 +2,9 @@
 
 Images/s each data path of :class:`ImageDataModule` delivers (``loader=fast`` vs
 ``loader=torch``, batches moved to the device), and (``data.train``) training images/s of the
-plain loop fed by each.
+plain loop fed by each; and (``data.ingredients``) fast-path training images/s with the
+heaviest augmentation of the modern recipes — RandAugment m9-mstd0.5 (2 ops) and random erasing
+0.25, every image its own draws (:mod:`classicnets.data.policies`) — against crop+flip only.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ __all__ = ["measure"]
 
 TITLE = "Data paths: fast (on-device) vs torch (DataLoader)"
 PATHS = ("fast", "torch")
+# the ingredients rows: baseline first
+INGREDIENTS = {
+    "crop+flip": {},
+    "randaugment+erasing": {"policy": "randaugment",
+                            "policy_options": {"num_ops": 2, "magnitude": 9,
+                                               "magnitude_std": 0.5},
+                            "random_erasing": 0.25},
+}
+INGREDIENTS_CASE = "ingredients (training, fast path)"
 
 
 def _render(rows: list[Row], ctx: Context) -> list[str]:
@@ -47,6 +58,7 @@ def _render(rows: list[Row], ctx: Context) -> list[str]:
         f"{s.template.model} fed by each loader",
         "",
     ]
+    paths = [r for r in rows if r.case != INGREDIENTS_CASE]
     body += table(
         ["case", "path", "images/s", "ms/batch", "windows", "spread", "fast / torch", "note"],
         [
@@ -60,7 +72,7 @@ def _render(rows: list[Row], ctx: Context) -> list[str]:
                 fmt_estimate(r.estimate("ratio"), ".2f") if r.variant == "fast" else "",
                 r.note,
             ]
-            for r in rows
+            for r in paths
         ],
     )
     fast = next(r for r in rows if r.case == "data only" and r.variant == "fast")
@@ -69,6 +81,20 @@ def _render(rows: list[Row], ctx: Context) -> list[str]:
         f"**data only: fast / torch = {fast.ratio:.1f}×** (target ≥ 10×: "
         f"{verdict(fast.ratio, 10.0)})",
     ]
+    heavy = [r for r in rows if r.case == INGREDIENTS_CASE]
+    if heavy:
+        body += ["", "Ingredients: training images/s of the plain loop on the fast path, "
+                 "the heaviest recipe augmentation against crop+flip only (same network, "
+                 "same batch):", ""]
+        body += table(
+            ["augmentation", "images/s", "ms/batch", "windows", "spread", "/ crop+flip", "note"],
+            [[r.variant, fmt(r.images_per_s, ",.0f"), fmt(r.ms_per_step, ".2f"),
+              f"{r.windows} × {r.steps}", fmt(r.spread_pct, ".1f") + " %",
+              fmt_estimate(r.estimate("ratio"), ".2f"), r.note] for r in heavy],
+        )
+        last = heavy[-1]
+        body += ["", f"**ingredients: {last.variant} / crop+flip = {last.ratio:.2f}** (target "
+                 f"≥ 0.9 on a GPU: {verdict(last.estimate('ratio'), 0.9)})"]
     return body
 
 
@@ -165,4 +191,42 @@ def measure(ctx: Context) -> SectionReport:
             )
             for p in PATHS
         ]
+    if d.get("ingredients", True):
+        rows += _ingredients(ctx, timing)
     return SectionReport(rows, TITLE, _render(rows, ctx))
+
+
+def _ingredients(ctx: Context, timing: dict[str, Any]) -> list[Row]:
+    """Fast-path training with each augmentation of :data:`INGREDIENTS`, alternated."""
+    from classicnets.models import create_model
+
+    s, bench = ctx.settings, ctx.bench
+    d, t = s.data, s.template
+    bs, size = int(d.batch_size), int(d.image_size)
+    streams = {}
+    with quiet_lightning():
+        device_trainer = bench.trainer()
+        for name, options in INGREDIENTS.items():
+            dm = datamodule(bench, ctx.data_root, ctx.seed, name=str(d.name), loader="fast",
+                            num_samples=int(d.num_samples), batch_size=bs, image_size=size,
+                            num_workers=d.get("num_workers"), **options)
+            dm.trainer = device_trainer
+            dm.setup("fit")
+            streams[name] = device_batches(dm.train_dataloader(), bench)
+    net = create_model(t.model, num_classes=10, in_channels=3, input_size=size)
+    loops = {name: TrainLoop(bench.place(copy.deepcopy(net)), streams[name], bench,
+                             lr=float(t.lr), momentum=float(t.momentum),
+                             weight_decay=float(t.weight_decay)) for name in INGREDIENTS}
+    timing = {**timing, "warmup": dict.fromkeys(INGREDIENTS, int(d.warmup_steps))}
+    train = alternate({n: loops[n].step for n in INGREDIENTS}, label="data/ingredients",
+                      **timing)
+    base = next(iter(INGREDIENTS))
+    note = {"crop+flip": "the dataset's standard augmentation only",
+            "randaugment+erasing": "+ RandAugment n2 m9-mstd0.5, random erasing 0.25"}
+    return [
+        Row(section="data", case=INGREDIENTS_CASE, variant=n, model=str(t.model),
+            params=param_count(net), note=note[n], batch_size=bs, image_size=size,
+            precision=bench.precision, **summarise(train[n], bs),
+            **paired_fields(train[n], train[base]))
+        for n in INGREDIENTS
+    ]
