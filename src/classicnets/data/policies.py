@@ -419,8 +419,13 @@ class BatchRandomErasing:
     tries: int = 10
 
     def _draw(self, shape: tuple[int, ...], device: torch.device,
-              g: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        b, _, h, w = shape
+              g: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(indices of the images erased, their boxes (k, 1, H, W), their noise (k, C, H, W)).
+
+        Noise is drawn for the erased images only; how many there are follows from the draws
+        before it, so :meth:`skip` (which runs this too) still advances a generator exactly.
+        """
+        b, c, h, w = shape
         apply = torch.rand(b, device=device, generator=g) < self.p
         u = torch.rand(b, self.tries, 4, device=device, generator=g, dtype=torch.float64)
         area = h * w * (self.scale[0] + u[..., 0] * (self.scale[1] - self.scale[0]))
@@ -430,20 +435,23 @@ class BatchRandomErasing:
         ew = torch.round(torch.sqrt(area / aspect))
         fits = (eh < h) & (ew < w)
         first = fits.int().argmax(1, keepdim=True)  # the first try that fits
-        apply &= fits.any(1)
-        eh, ew = eh.gather(1, first), ew.gather(1, first)
-        top = (u[..., 2].gather(1, first) * (h - eh + 1)).floor()
-        left = (u[..., 3].gather(1, first) * (w - ew + 1)).floor()
+        chosen = (apply & fits.any(1)).nonzero().squeeze(1)
+        first = first[chosen]
+        eh, ew = eh[chosen].gather(1, first), ew[chosen].gather(1, first)
+        top = (u[chosen, :, 2].gather(1, first) * (h - eh + 1)).floor()
+        left = (u[chosen, :, 3].gather(1, first) * (w - ew + 1)).floor()
         rows = torch.arange(h, device=device, dtype=torch.float64).view(1, h, 1)
         cols = torch.arange(w, device=device, dtype=torch.float64).view(1, 1, w)
         box = ((rows >= top.view(-1, 1, 1)) & (rows < (top + eh).view(-1, 1, 1))
                & (cols >= left.view(-1, 1, 1)) & (cols < (left + ew).view(-1, 1, 1)))
-        noise = torch.randn(shape, device=device, generator=g)
-        return (box & apply.view(-1, 1, 1)).unsqueeze(1), noise
+        noise = torch.randn((len(chosen), c, h, w), device=device, generator=g)
+        return chosen, box.unsqueeze(1), noise
 
     def skip(self, shape: tuple[int, ...], generator: torch.Generator) -> None:
         self._draw(shape, generator.device, generator)
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        mask, noise = self._draw(tuple(x.shape), x.device, generator)
-        return x.copy_(torch.where(mask, noise.to(x.dtype), x))
+        chosen, box, noise = self._draw(tuple(x.shape), x.device, generator)
+        if len(chosen):
+            x[chosen] = torch.where(box, noise.to(x.dtype), x[chosen])
+        return x
