@@ -225,7 +225,7 @@ def test_batched_random_erasing_draws_what_torchvision_draws() -> None:
 
 
 # ------------------------------------------------------------------ fast path: exact resume
-def _policy_loader() -> DeviceLoader:
+def _policy_loader(device: str = "cpu") -> DeviceLoader:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (60, 3, 12, 12), dtype=torch.uint8, generator=g)
     data = ArrayData(images, torch.arange(60) % 10, [str(i) for i in range(10)])
@@ -233,7 +233,8 @@ def _policy_loader() -> DeviceLoader:
                         mean=(0.5,) * 3, std=(0.25,) * 3,
                         policy=AugmentPolicy(name="randaugment", magnitude_std=0.5),
                         random_erasing=0.5)
-    return DeviceLoader(data, batch_size=8, transform=tf, shuffle=True, seed=4, repeats=2)
+    return DeviceLoader(data, batch_size=8, transform=tf, shuffle=True, seed=4, repeats=2,
+                        device=device)
 
 
 def test_fast_path_with_a_policy_resumes_mid_epoch_exactly() -> None:
@@ -374,6 +375,8 @@ def test_every_dataset_config_has_the_options_switched_off() -> None:
     ({"policy_options": {"autoaugment_policy": "mnist"}},
      "autoaugment_policy='mnist' is not one of imagenet, cifar10, svhn"),
     ({"policy_options": {"num_op": 2}}, "unknown data.policy_options keys"),
+    ({"policy_options": {"num_ops": 1.5}}, "num_ops=1.5 must be an integer"),
+    ({"policy_options": {"magnitude_std": "high"}}, "magnitude_std='high' must be a number"),
     ({"random_erasing": 1.5}, r"data.random_erasing=1.5 is a probability: a number in \[0, 1\]"),
     ({"repeated_augmentation": 0}, "data.repeated_augmentation=0 must be an integer >= 1"),
     ({"repeated_augmentation": 4, "batch_size": 3}, "needs a batch of at least 4"),
@@ -405,3 +408,24 @@ def test_a_bad_policy_stops_the_run_before_training(make_cfg) -> None:  # type: 
     with pytest.raises(DatasetError, match="data.policy_options.magnitude=40"):
         train(cfg)
     assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))
+
+
+# ------------------------------------------------------------------ on the GPU (skipped without)
+@pytest.mark.gpu
+def test_batched_operations_on_the_gpu_match_the_cpu() -> None:
+    """The kernel on CUDA gives the CPU's output for the same images and magnitudes (up to a
+    level of rounding in a few pixels), and a policy loader on CUDA resumes exactly."""
+    x = _images(8)
+    for policy, op, m in _cases():
+        mode = "bilinear" if policy == "augmix" else "nearest"
+        mags = torch.full((8,), m)
+        cpu = apply_op(op, x, mags, interpolation=mode)
+        gpu = apply_op(op, x.cuda(), mags.cuda(), interpolation=mode).cpu()
+        diff = (cpu.int() - gpu.int()).abs()
+        assert diff.float().mean() < 0.05 and (diff > 1).float().mean() < 0.01, (op, m)
+    batches = list(_policy_loader("cuda"))
+    part = _policy_loader("cuda")
+    part.load_state_dict({"epoch": 0, "batches": 3})
+    rest = list(part)
+    assert batches[0][0].is_cuda and len(rest) == len(batches) - 3
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches[3:], rest))

@@ -102,9 +102,18 @@ class AugmentPolicy:
         plain = {}
         for key, value in options.items():
             kind = kinds.get(key, int)
-            if kind is int and (isinstance(value, bool) or not float(value).is_integer()):
-                raise ValueError(f"data.policy_options.{key}={value!r} must be an integer")
-            plain[key] = kind(value)
+            if kind is str:
+                plain[key] = str(value)
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = math.nan
+            if isinstance(value, bool) or math.isnan(number) or (
+                    kind is int and not number.is_integer()):
+                what = "an integer" if kind is int else "a number"
+                raise ValueError(f"data.policy_options.{key}={value!r} must be {what}")
+            plain[key] = kind(number)
         return cls(name=str(name), **plain)
 
     def to_dict(self) -> dict[str, Any]:
