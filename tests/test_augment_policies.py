@@ -198,6 +198,22 @@ def test_batched_augmix_matches_torchvision_in_distribution() -> None:
     assert not torch.equal(b[0], b[1])  # each image its own chains
 
 
+@pytest.mark.parametrize("name", ["randaugment", "autoaugment", "augmix"])
+def test_grouped_and_whole_batch_application_give_the_same_images(name: str) -> None:
+    """The CPU's grouping by operation and the GPU's sync-free whole-batch form (forced here on
+    the CPU) are the same images; erasing boxes are the same too (noise is drawn per form)."""
+    x = _images(40, h=10, w=10, seed=3)
+    policy = AugmentPolicy(name=name, magnitude_std=0.5)
+    a, b = (BatchPolicy(policy, height=10, width=10, grouped=grouped)(
+        x, torch.Generator().manual_seed(9)) for grouped in (True, False))
+    assert torch.equal(a, b)
+    flat = torch.full((200, 3, 8, 8), 100.0)
+    erased = [BatchRandomErasing(0.5, grouped=grouped)(flat.clone(),
+                                                       torch.Generator().manual_seed(1)) != 100.0
+              for grouped in (True, False)]
+    assert torch.equal(*erased) and erased[0].any()
+
+
 def test_batched_random_erasing_draws_what_torchvision_draws() -> None:
     """Probability, erased area and box shape of the batched erasing match torchvision's
     ``RandomErasing(value="random")``, and the fill is standard normal noise."""

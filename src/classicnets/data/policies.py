@@ -182,8 +182,10 @@ def _affine(x: Tensor, theta: Tensor, mode: str) -> Tensor:
     ys = torch.linspace(-h * 0.5 + 0.5, h * 0.5 - 0.5, h, device=dev)
     base = torch.stack([xs.expand(h, w), ys.view(h, 1).expand(h, w),
                         torch.ones(h, w, device=dev)], -1).view(1, h * w, 3)
-    scale = torch.tensor([0.5 * w, 0.5 * h], device=dev)
-    grid = base.expand(n, -1, -1).bmm(theta.transpose(1, 2) / scale).view(n, h, w, 2)
+    rescaled = theta.transpose(1, 2).clone()  # (n, 3, 2): pixel units → [-1, 1]
+    rescaled[..., 0] /= 0.5 * w
+    rescaled[..., 1] /= 0.5 * h
+    grid = base.expand(n, -1, -1).bmm(rescaled).view(n, h, w, 2)
     out = F.grid_sample(x.float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
     return out.round_().to(torch.uint8)
 
@@ -236,6 +238,18 @@ def _sharpness(x: Tensor, m: Tensor) -> Tensor:
     return out.clamp_(0, 255).to(torch.uint8)
 
 
+def _autocontrast(x: Tensor) -> Tensor:
+    """torchvision's ``autocontrast`` (each channel stretched to 0..255; a flat channel kept),
+    with ``where`` for its boolean-mask assignment, which makes a GPU wait for its queue."""
+    f = x.float()
+    low = f.amin(dim=(-2, -1), keepdim=True)
+    high = f.amax(dim=(-2, -1), keepdim=True)
+    flat = high == low
+    inv_scale = torch.where(flat, 1.0, (high - low).mul_(1.0 / 255))
+    low = torch.where(flat, 0.0, low)
+    return f.sub_(low).div_(inv_scale).clamp_(0, 255).to(torch.uint8)
+
+
 def apply_op(op: str, x: Tensor, m: Tensor, *, interpolation: str = "nearest") -> Tensor:
     """One operation on a uint8 batch ``x`` (n, C, H, W), image i with magnitude ``m[i]``."""
     h, w = x.shape[-2:]
@@ -258,7 +272,7 @@ def apply_op(op: str, x: Tensor, m: Tensor, *, interpolation: str = "nearest") -
     if op == "Solarize":
         return torch.where(x >= (255.0 * m).view(-1, 1, 1, 1), 255 - x, x)
     if op == "AutoContrast":
-        return TF.autocontrast(x)
+        return _autocontrast(x)
     if op == "Equalize":
         return TF.equalize(x)
     if op == "Invert":
@@ -280,24 +294,44 @@ class _Ops:
                 table[i] = mags.float()
                 signed[i] = sign
         self.table, self.signed = table, signed
+        self._on: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The tables on ``device``, copied once (a copy per batch would make a GPU wait)."""
+        if device not in self._on:
+            self._on[device] = (self.table.to(device), self.signed.to(device))
+        return self._on[device]
 
     def magnitude(self, op: Tensor, index: Tensor, flip: Tensor) -> Tensor:
         """Signed magnitudes of ops ``op`` at bin ``index``; ``flip``: negate (signed ops)."""
-        table, signed = self.table.to(op.device), self.signed.to(op.device)
+        table, signed = self.on(op.device)
         m = table[op, index]
         return torch.where(flip & signed[op], -m, m)
 
-    def apply(self, x: Tensor, op: Tensor, m: Tensor, *, interpolation: str = "nearest"
-              ) -> Tensor:
-        """Image i gets operation ``op[i]`` with magnitude ``m[i]``: one call per operation
-        on the images that drew it."""
+    def apply(self, x: Tensor, op: Tensor, m: Tensor, *, interpolation: str = "nearest",
+              grouped: bool | None = None) -> Tensor:
+        """Image i gets operation ``op[i]`` with magnitude ``m[i]`` (``op[i] < 0``: none).
+
+        ``grouped`` (default: on the CPU): one call per operation on the images that drew it,
+        the least arithmetic; otherwise every operation on the whole batch, each image keeping
+        its own operation's result — more arithmetic but no data-dependent shapes, so a GPU
+        never waits for its queue (finding the groups would copy their sizes to the host). Each
+        operation acts on each image alone, so both give the same images.
+        """
+        if grouped is None:
+            grouped = x.device.type == "cpu"
         out = x.clone()
-        for k in op.unique().tolist():
-            name = self.names[k]
-            if name == "Identity":
-                continue
-            sel = (op == k).nonzero().squeeze(1)
-            out[sel] = apply_op(name, x[sel], m[sel], interpolation=interpolation)
+        if grouped:
+            for k in op.unique().tolist():
+                if k < 0 or self.names[k] == "Identity":
+                    continue
+                sel = (op == k).nonzero().squeeze(1)
+                out[sel] = apply_op(self.names[k], x[sel], m[sel], interpolation=interpolation)
+            return out
+        for k, name in enumerate(self.names):
+            if name != "Identity":
+                y = apply_op(name, x, m, interpolation=interpolation)
+                out = torch.where((op == k).view(-1, 1, 1, 1), y, out)
         return out
 
 
@@ -314,10 +348,12 @@ class BatchPolicy:
     :meth:`skip` advances a generator exactly as a call does.
     """
 
-    def __init__(self, policy: AugmentPolicy, *, height: int, width: int) -> None:
+    def __init__(self, policy: AugmentPolicy, *, height: int, width: int,
+                 grouped: bool | None = None) -> None:
         if not policy.enabled:
             raise ValueError("BatchPolicy needs a policy other than none")
         self.policy, self.height, self.width = policy, height, width
+        self.grouped = grouped  # None: by device (_Ops.apply)
         p = policy
         if p.name == "autoaugment":
             bins = 10
@@ -337,6 +373,7 @@ class BatchPolicy:
                 self.ops.table = torch.cat([self.ops.table, torch.zeros(1, bins)])
                 self.ops.signed = torch.cat([self.ops.signed, torch.zeros(1, dtype=torch.bool)])
             self.identity = self.ops.names.index("Identity")
+            self._subs: dict[torch.device, tuple[Tensor, ...]] = {}
 
     # each _draw_* returns the operations to run in order: [(op, magnitude), ...] per step
     def _draw(self, b: int, device: torch.device, g: torch.Generator) -> Any:
@@ -361,15 +398,16 @@ class BatchPolicy:
             return [(op[:, i], self.ops.magnitude(op[:, i], index, flip[:, i]))
                     for i in range(p.num_ops)]
         if p.name == "autoaugment":
-            sub = rint(len(self.sub_op))
+            if device not in self._subs:  # copied once per device
+                self._subs[device] = tuple(t.to(device) for t in (
+                    self.sub_op, self.sub_prob, self.sub_bin))
+            sub_op, sub_prob, sub_bin = self._subs[device]
+            sub = rint(len(sub_op))
             run, flip = rand(2), rand(2) <= 0.5
             steps = []
             for i in range(2):
-                op = self.sub_op.to(device)[sub, i]
-                op = torch.where(run[:, i] <= self.sub_prob.to(device)[sub, i], op,
-                                 self.identity)
-                steps.append((op, self.ops.magnitude(op, self.sub_bin.to(device)[sub, i],
-                                                     flip[:, i])))
+                op = torch.where(run[:, i] <= sub_prob[sub, i], sub_op[sub, i], self.identity)
+                steps.append((op, self.ops.magnitude(op, sub_bin[sub, i], flip[:, i])))
             return steps
         # augmix: per chain a depth in 1..3 and three steps (the ones past the depth do not run)
         k = p.augmix_width
@@ -391,7 +429,7 @@ class BatchPolicy:
         draws = self._draw(len(x), x.device, generator)
         if self.policy.name != "augmix":
             for op, m in draws:
-                x = self.ops.apply(x, op, m)
+                x = self.ops.apply(x, op, m, grouped=self.grouped)
             return x
         chains, weights, keep = draws
         mix = x.float() * keep.view(-1, 1, 1, 1)
@@ -400,18 +438,9 @@ class BatchPolicy:
             for op, m, active in chain:
                 # a step past the chain's depth is the identity
                 op = torch.where(active, op, -1)
-                aug = self._apply_augmix(aug, op, m)
+                aug = self.ops.apply(aug, op, m, interpolation="bilinear", grouped=self.grouped)
             mix.add_(aug.float() * weights[:, c].view(-1, 1, 1, 1))
         return mix.to(torch.uint8)
-
-    def _apply_augmix(self, x: Tensor, op: Tensor, m: Tensor) -> Tensor:
-        out = x.clone()
-        for k in op.unique().tolist():
-            if k < 0:
-                continue
-            sel = (op == k).nonzero().squeeze(1)
-            out[sel] = apply_op(self.ops.names[k], x[sel], m[sel], interpolation="bilinear")
-        return out
 
 
 @dataclass(frozen=True)
@@ -420,20 +449,23 @@ class BatchRandomErasing:
     image its own draw: with probability ``p`` a rectangle of area fraction uniform in
     ``scale`` and log aspect ratio uniform in log ``ratio`` (the first of ten tries that fits)
     at a uniform position, filled with standard normal noise (timm's "pixel" mode).
-    ``generator`` None draws from torch's default generator (the DataLoader paths)."""
+    ``generator`` None draws from torch's default generator (the DataLoader paths).
+
+    ``grouped`` (default: on the CPU) draws noise for the erased images only; otherwise for the
+    whole batch, with no data-dependent shapes (a GPU then never waits for its queue). Either
+    way :meth:`skip` draws what a call draws.
+    """
 
     p: float
     scale: tuple[float, float] = (0.02, 0.33)
     ratio: tuple[float, float] = (0.3, 3.3)
     tries: int = 10
+    grouped: bool | None = None
 
     def _draw(self, shape: tuple[int, ...], device: torch.device,
-              g: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
-        """(indices of the images erased, their boxes (k, 1, H, W), their noise (k, C, H, W)).
-
-        Noise is drawn for the erased images only; how many there are follows from the draws
-        before it, so :meth:`skip` (which runs this too) still advances a generator exactly.
-        """
+              g: torch.Generator | None) -> tuple[Tensor, Tensor | None, Tensor]:
+        """(boxes (B, 1, H, W), indices of the erased images (grouped; else None), noise for
+        them (grouped) or for the whole batch)."""
         b, c, h, w = shape
         apply = torch.rand(b, device=device, generator=g) < self.p
         u = torch.rand(b, self.tries, 4, device=device, generator=g, dtype=torch.float64)
@@ -444,23 +476,28 @@ class BatchRandomErasing:
         ew = torch.round(torch.sqrt(area / aspect))
         fits = (eh < h) & (ew < w)
         first = fits.int().argmax(1, keepdim=True)  # the first try that fits
-        chosen = (apply & fits.any(1)).nonzero().squeeze(1)
-        first = first[chosen]
-        eh, ew = eh[chosen].gather(1, first), ew[chosen].gather(1, first)
-        top = (u[chosen, :, 2].gather(1, first) * (h - eh + 1)).floor()
-        left = (u[chosen, :, 3].gather(1, first) * (w - ew + 1)).floor()
+        apply &= fits.any(1)
+        eh, ew = eh.gather(1, first), ew.gather(1, first)
+        top = (u[..., 2].gather(1, first) * (h - eh + 1)).floor()
+        left = (u[..., 3].gather(1, first) * (w - ew + 1)).floor()
         rows = torch.arange(h, device=device, dtype=torch.float64).view(1, h, 1)
         cols = torch.arange(w, device=device, dtype=torch.float64).view(1, 1, w)
         box = ((rows >= top.view(-1, 1, 1)) & (rows < (top + eh).view(-1, 1, 1))
                & (cols >= left.view(-1, 1, 1)) & (cols < (left + ew).view(-1, 1, 1)))
-        noise = torch.randn((len(chosen), c, h, w), device=device, generator=g)
-        return chosen, box.unsqueeze(1), noise
+        box = (box & apply.view(-1, 1, 1)).unsqueeze(1)
+        grouped = self.grouped if self.grouped is not None else device.type == "cpu"
+        if grouped:  # how many follows from the draws above: skip() draws the same
+            chosen = apply.nonzero().squeeze(1)
+            return box, chosen, torch.randn((len(chosen), c, h, w), device=device, generator=g)
+        return box, None, torch.randn(shape, device=device, generator=g)
 
     def skip(self, shape: tuple[int, ...], generator: torch.Generator) -> None:
         self._draw(shape, generator.device, generator)
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        chosen, box, noise = self._draw(tuple(x.shape), x.device, generator)
+        box, chosen, noise = self._draw(tuple(x.shape), x.device, generator)
+        if chosen is None:
+            return x.copy_(torch.where(box, noise.to(x.dtype), x))
         if len(chosen):
-            x[chosen] = torch.where(box, noise.to(x.dtype), x[chosen])
+            x[chosen] = torch.where(box[chosen], noise.to(x.dtype), x[chosen])
         return x
