@@ -11,10 +11,13 @@ torch's global generator (its policy base "does not expose a per-instance genera
 seeded per-epoch stream — which an exact mid-epoch resume needs — cannot be handed to it, and
 its RandAugment picks the operations once per *batch*, not per image. The kernel here groups
 the images of a batch by operation and applies each operation to its group at once, with a
-per-image magnitude; the operations are torchvision's tensor kernels (or their batched
-equivalents where torchvision's take one scalar per call), and the magnitude tables and
-AutoAugment's sub-policies are read from torchvision's own classes, so both paths share one
-definition of every policy.
+per-image magnitude; the operations are torchvision's tensor kernels (or batched
+equivalents where torchvision's take one scalar per call: the affine maps, blends, posterize and
+solarize), and the magnitude tables and AutoAugment's sub-policies are read from torchvision's
+own classes (their class attributes ``_AUGMENTATION_SPACE`` and ``AutoAugment._policies``), so
+both paths share one definition of every policy; tests/test_augment_policies.py holds each
+operation to torchvision's output and the draws to its distributions, so a torchvision release
+that changed either would fail there rather than drift silently.
 """
 
 from __future__ import annotations
@@ -375,8 +378,9 @@ class BatchPolicy:
             self.identity = self.ops.names.index("Identity")
             self._subs: dict[torch.device, tuple[Tensor, ...]] = {}
 
-    # each _draw_* returns the operations to run in order: [(op, magnitude), ...] per step
     def _draw(self, b: int, device: torch.device, g: torch.Generator) -> Any:
+        """A batch's draws: the steps to run in order, ``[(op, magnitude), ...]`` per image;
+        for AugMix ``(chains, chain weights, weight of the original)``."""
         p, n_ops = self.policy, len(self.ops.names)
 
         def rint(high: int, *shape: int) -> Tensor:
