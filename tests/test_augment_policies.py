@@ -240,6 +240,24 @@ def test_batched_random_erasing_draws_what_torchvision_draws() -> None:
     assert abs(fill_b.std() - fill_a.std()) < 0.03
 
 
+def test_folder_batches_are_erased_after_normalisation_from_a_seeded_generator() -> None:
+    """The torchvision-decoder path erases in BatchNormalize: each batch new boxes, the same
+    seed the same boxes, another seed (another DDP rank) other ones."""
+    from classicnets.data.decode import BatchNormalize
+
+    x = torch.full((64, 3, 8, 8), 128, dtype=torch.uint8)
+    plain = BatchNormalize((0.5,) * 3, (0.5,) * 3)(x)
+
+    def erased(seed: int) -> list[torch.Tensor]:
+        finish = BatchNormalize((0.5,) * 3, (0.5,) * 3, random_erasing=0.5, seed=seed)
+        return [finish(x) != plain for _ in range(2)]
+
+    a, b = erased(1), erased(1)
+    assert 0.2 < a[0].flatten(1).any(1).float().mean() < 0.8  # about half the images erased
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], a[1]) and not torch.equal(a[0], erased(2)[0])
+
+
 # ------------------------------------------------------------------ fast path: exact resume
 def _policy_loader(device: str = "cpu") -> DeviceLoader:
     g = torch.Generator().manual_seed(0)

@@ -481,7 +481,8 @@ class ImageDataModule(L.LightningDataModule):
         )
         if self.decoder == "torchvision":  # uint8 samples, normalised per batch
             finish = BatchNormalize(self.mean, self.std, channels_last=self.hparams.channels_last,
-                                    random_erasing=extras["random_erasing"])
+                                    random_erasing=extras["random_erasing"],
+                                    seed=self.hparams.seed * 4099 + self._replica()[1])
             # on every device, the CPU included: a worker ships a quarter of the bytes and
             # faults in a quarter of the fresh shared memory of a float batch, and it is the
             # workers that bound a folder dataset's throughput; normalising costs the main

@@ -165,16 +165,20 @@ class BatchNormalize:
     (the last two steps of :func:`folder_transform`, per batch), contiguous or channels-last
     as asked whatever the input's layout: one converting copy and two in-place passes.
     ``random_erasing`` > 0 (training) erases a random rectangle of each normalised image with
-    that probability (:class:`~classicnets.data.policies.BatchRandomErasing`, drawn from torch's
-    default generator, as the per-image transforms of this path draw)."""
+    that probability (:class:`~classicnets.data.policies.BatchRandomErasing`), drawn from a
+    generator on the batch's device seeded with ``seed`` (give each DDP rank its own: torch's
+    default generator holds the same seed on every rank)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float],
-                 channels_last: bool = False, random_erasing: float = 0.0) -> None:
+                 channels_last: bool = False, random_erasing: float = 0.0,
+                 seed: int = 0) -> None:
         m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.scale, self.shift = 1.0 / (255.0 * s), -m / s
         self.channels_last = channels_last
         self.erasing = BatchRandomErasing(random_erasing) if random_erasing > 0 else None
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}  # one per device
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.dtype != torch.uint8:
@@ -185,7 +189,11 @@ class BatchNormalize:
         # two in-place passes: twice as fast on the CPU as one broadcast addcmul, which does
         # not vectorise over the channel-wise scale
         out = out.copy_(x).mul_(self.scale.to(dev)).add_(self.shift.to(dev))
-        return out if self.erasing is None else self.erasing(out)
+        if self.erasing is None:
+            return out
+        if dev not in self._generators:
+            self._generators[dev] = torch.Generator(device=dev).manual_seed(self.seed)
+        return self.erasing(out, self._generators[dev])
 
 
 def stack_uint8(samples: list[tuple[Tensor, Any]]) -> tuple[Tensor, Tensor]:
