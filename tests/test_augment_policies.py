@@ -463,3 +463,25 @@ def test_batched_operations_on_the_gpu_match_the_cpu() -> None:
     rest = list(part)
     assert batches[0][0].is_cuda and len(rest) == len(batches) - 3
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches[3:], rest))
+
+
+def test_fixres_with_a_network_that_takes_one_size_fails_before_training(make_cfg) -> None:  # type: ignore[no-untyped-def]
+    """LeNet-5 is built for 32 px; training it at 28 (FixRes) is refused at build time, naming
+    the option; a network with global pooling passes the same probe, its mode kept."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from classicnets.runs.config_check import ConfigError
+    from classicnets.runs.pipeline import train
+    from classicnets.runs.preflight import check_train_crop_fits
+
+    cfg = make_cfg("data.train_crop_size=28", "extras.print_config=false")
+    with pytest.raises(ConfigError, match="data.train_crop_size=28: lenet5 .* does not take 28-px"):
+        train(cfg)
+    pooled = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1),
+                           nn.Flatten(), nn.Linear(4, 10))
+    data = SimpleNamespace(train_crop_size=20, image_size=32, in_channels=1)
+    module = SimpleNamespace(net=pooled, hparams={"model": {"name": "pooled"}})
+    check_train_crop_fits(module, data)  # type: ignore[arg-type]
+    assert pooled.training and int(pooled[1].num_batches_tracked) == 0

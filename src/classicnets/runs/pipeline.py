@@ -50,6 +50,7 @@ from classicnets.runs.preflight import (
     check_checkpoint_fits,
     check_data_fits_model,
     check_free_space,
+    check_train_crop_fits,
     check_writable,
 )
 from classicnets.runs.resume import checkpoint_to_resume, quote, resume_dir
@@ -259,6 +260,7 @@ def build_train(cfg: DictConfig, checked: Checked) -> Built:
         module.hparams.get("model"), datamodule,
         "the model takes it from data= unless overridden: drop the model.{key} override or set "
         "data.{data_key}={want}")
+    check_train_crop_fits(module, datamodule)  # FixRes: the network takes the training size
     callbacks: list[Callback] = _instantiate_many(cfg.get("callbacks"), "callback")
     check_free_space(checked.out_dir, module, callbacks)
     close_stale_wandb_run()

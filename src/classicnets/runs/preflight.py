@@ -17,7 +17,7 @@ from classicnets.runs.config_check import ConfigError
 from classicnets.training.module import ImageClassifier
 
 __all__ = ["RunDirectoryError", "check_checkpoint_fits", "check_data_fits_model",
-           "check_free_space", "check_writable"]
+           "check_free_space", "check_train_crop_fits", "check_writable"]
 
 
 class RunDirectoryError(RuntimeError):
@@ -67,6 +67,33 @@ def check_data_fits_model(model_cfg: Any, datamodule: Any, fix: str) -> None:
             hint = fix.format(key=key, data_key=data_key, want=want)
             raise ConfigError(f"the network is built for {key}={want} but data gives "
                               f"{data_key}={have}; {hint}")
+
+
+def check_train_crop_fits(module: ImageClassifier, datamodule: Any) -> None:
+    """FixRes (``data.train_crop_size``) trains the network at another size than it is built
+    for (``image_size``): only networks that take other input sizes (global pooling) can. One
+    forward pass of a single image at the training size, in eval mode and without gradients
+    (no running statistics change), says so before training; only when the sizes differ."""
+    crop, size = getattr(datamodule, "train_crop_size", None), datamodule.image_size
+    if crop is None or crop == size:
+        return
+    net = module.net
+    was_training = net.training
+    probe = torch.zeros(1, datamodule.in_channels, crop, crop)
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(probe)
+    except (RuntimeError, ValueError, AssertionError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(
+            f"data.train_crop_size={crop}: {_describe_network(module.hparams.get('model'))} "
+            f"does not take {crop}-px inputs ({type(err).__name__}: {first}). Training at "
+            f"another size than data.image_size={size} (FixRes) needs a network that takes "
+            f"other sizes, e.g. one with global pooling such as the ResNets; remove "
+            f"data.train_crop_size or choose a size this network takes") from None
+    finally:
+        net.train(was_training)
 
 
 def _describe_network(model_cfg: Any) -> str:
