@@ -45,7 +45,7 @@ def _cases() -> list[tuple[str, str, float]]:
     """(policy, op, magnitude) over every operation of every policy, at three magnitudes
     (the ends of the range and a negated middle one for signed ops)."""
     out = []
-    for policy in ("randaugment", "autoaugment", "augmix"):
+    for policy in ("trivialaugment", "randaugment", "autoaugment", "augmix"):
         for op, (fn, signed) in _space(policy).items():
             mags = fn(10, 12, 14)
             if mags is None:
