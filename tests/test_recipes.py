@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from classicnets.checkpoints import load_file
 from classicnets.data import ImageDataModule
+from classicnets.inference.predict import load_trained
+from classicnets.runs.pipeline import evaluate
 from conftest import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -233,8 +236,10 @@ def test_a_cifar_scale_recipe_trains_end_to_end(tmp_path: Path) -> None:
     recipe = ["recipe=deit_cifar", "model=lenet5", "callbacks=ema"]
     cfg = _compose(*recipe, tmp=tmp_path / "compose")
     drop = [f"~data.{k}" for k in DATA_KEYS if k in cfg.data and k not in accepted]
-    args = [*recipe, "trainer.max_epochs=1",
-            "+trainer.limit_train_batches=2", "extras.print_config=false",
+    # the weights move in the two steps (no warm-up), and the average lags them
+    args = [*recipe, "trainer.max_epochs=1", "scheduler.warmup_epochs=0", "optimizer.lr=0.01",
+            "callbacks.ema.decay=0.5", "+trainer.limit_train_batches=2",
+            "extras.print_config=false",
             "~callbacks.rich_progress_bar", "~callbacks.model_summary",
             "trainer.enable_progress_bar=false", *drop]
     env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1",
@@ -251,3 +256,50 @@ def test_a_cifar_scale_recipe_trains_end_to_end(tmp_path: Path) -> None:
     assert set(ckpt["ema"]["state_dict"]) == {k[len("net."):] for k in ckpt["state_dict"]
                                               if k.startswith("net.")}
     assert ckpt["hyper_parameters"]["mixup"]["mixup_alpha"] == 0.8
+    # predict/export read either set of weights from it
+    ema = load_trained(result["best_checkpoint"], weights="ema").model.net
+    trained = load_trained(result["best_checkpoint"]).model.net
+    for key, value in ema.state_dict().items():
+        assert torch.equal(value, ckpt["ema"]["state_dict"][key]), key
+    for key, value in trained.state_dict().items():
+        assert torch.equal(value, ckpt["state_dict"][f"net.{key}"]), key
+    assert any(not torch.equal(v, trained.state_dict()[k]) for k, v in ema.state_dict().items()
+               if v.is_floating_point())
+    with pytest.raises(ValueError, match="weights='best' is not one of model, ema"):
+        load_trained(result["best_checkpoint"], weights="best")
+    # the run tested its best checkpoint's average (test_weights=ema): eval with weights=ema
+    # gets the same accuracy from the file
+    cfg = compose_config([f"ckpt_path={result['best_checkpoint']}", "weights=ema",
+                          "data=digits", "trainer.enable_progress_bar=false"],
+                         tmp_path / "eval", config_name="eval")
+    try:
+        evaluated = evaluate(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    assert evaluated["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-7)
+
+
+@pytest.mark.slow
+def test_ema_under_ddp_is_the_same_on_every_rank(tmp_path: Path) -> None:
+    args = ["trainer=ddp_sim", "callbacks=ema", "callbacks.ema.decay=0.9",
+            "module.mixup.mixup_alpha=0.2", "module.mixup.cutmix_alpha=1.0",
+            "trainer.max_epochs=1", "+trainer.limit_train_batches=3", "data.batch_size=64",
+            "+callbacks.ema_probe._target_=ema_probe.EMAProbe",
+            f"+callbacks.ema_probe.out_dir={tmp_path / 'probe'}",
+            "extras.print_config=false", "~callbacks.rich_progress_bar",
+            "~callbacks.model_summary", "trainer.enable_progress_bar=false"]
+    env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(REPO / "src" / "train.py"), *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / "probe" / f"ema-rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["updates"] == ranks[1]["updates"] == 3
+    for key, value in ranks[0]["ema"].items():
+        assert torch.equal(value, ranks[1]["ema"][key]), key
+    # the average is not the trained weights (it lags them)
+    assert any(not torch.equal(v, ranks[0]["net"][k]) for k, v in ranks[0]["ema"].items()
+               if v.is_floating_point())
+    (run,) = list((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert 0.0 <= json.loads((run / "metrics.json").read_text())["metrics"]["val/acc_ema"] <= 1
