@@ -303,3 +303,10 @@ def test_ema_under_ddp_is_the_same_on_every_rank(tmp_path: Path) -> None:
                if v.is_floating_point())
     (run,) = list((tmp_path / "logs" / "train" / "runs").iterdir())
     assert 0.0 <= json.loads((run / "metrics.json").read_text())["metrics"]["val/acc_ema"] <= 1
+
+
+def test_an_unknown_recipe_lists_the_recipes(tmp_path: Path) -> None:
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match=r"(?s)recipe/fancy.*rsb_a1.*torchvision_v2"):
+        _compose("recipe=fancy", tmp=tmp_path)

@@ -120,6 +120,11 @@ class EMA(WeightAveraging):
         return net
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if any(hasattr(p, "to_local") for p in self._net(pl_module).parameters()):
+            # trainer=towers shards the network after setup; the average is a plain copy
+            raise ValueError("callbacks.ema averages a whole network on each process and does "
+                             "not support a model-parallel trainer (trainer=towers); drop "
+                             "callbacks=ema or train with trainer=ddp")
         # the strategy has moved the network to its device by now (after setup)
         if self._average_model is not None and self._device is None:
             self._average_model.to(pl_module.device)
