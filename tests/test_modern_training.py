@@ -166,14 +166,16 @@ def _loader() -> DataLoader:
 
 
 def _fit(root: Path, epochs: int, ema: EMA, *, ckpt: Path | None = None, net=None,
-         extra: list | None = None, **module_kwargs) -> tuple[ImageClassifier, L.Trainer]:
+         extra: list | None = None, after: list | None = None, **module_kwargs
+         ) -> tuple[ImageClassifier, L.Trainer]:
     torch.manual_seed(0)
     module = ImageClassifier(net if net is not None else _net(), num_classes=5, optimizer=SGD,
                              mixup={"mixup_alpha": 0.2, "cutmix_alpha": 1.0}, **module_kwargs)
     trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=root,
-                        callbacks=[*(extra or []), ema], num_sanity_val_steps=0)
+                        callbacks=[*(extra or []), ema, *(after or [])],
+                        num_sanity_val_steps=0)
     trainer.fit(module, train_dataloaders=_loader(), val_dataloaders=_loader(),
                 ckpt_path=ckpt)
     return module, trainer
@@ -212,6 +214,39 @@ def test_ema_follows_its_definition_and_is_stored_weights_only(tmp_path: Path) -
     torch.save(ckpt, tmp_path / "plain.ckpt")
     with pytest.raises(CheckpointError, match="holds no EMA weights.*weights=model"):
         ema_state_dict(tmp_path / "plain.ckpt")
+
+
+class _SaveAt(L.Callback):
+    def __init__(self, step: int, path: Path) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+
+class _AverageAt(L.Callback):
+    def __init__(self, step: int, ema: EMA) -> None:
+        self.step, self.ema = step, ema
+        self.state: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and self.ema.average is not None:
+            self.state = {k: v.clone() for k, v in self.ema.average.module.state_dict().items()}
+
+
+def test_a_checkpoint_saved_mid_step_holds_that_steps_average(tmp_path: Path) -> None:
+    # the guard saves last.ckpt in its on_train_batch_end at a signal, before this callback's
+    # hook runs: the file must still hold the average of the weights it holds
+    ema = EMA(decay=0.7)
+    after = _AverageAt(6, ema)
+    _fit(tmp_path, 2, ema, extra=[_SaveAt(6, tmp_path / "mid.ckpt")], after=[after])
+    ckpt = load_file(tmp_path / "mid.ckpt")
+    assert ckpt["global_step"] == 6
+    assert (int(ckpt["ema"]["n_averaged"]), ckpt["ema"]["latest_update_step"]) == (6, 6)
+    for key, value in after.state.items():
+        assert torch.equal(ckpt["ema"]["state_dict"][key], value), key
+    assert ema.updates == 8  # caught up once, not twice
 
 
 def test_ema_warmup_ramps_the_decay() -> None:

@@ -133,6 +133,13 @@ class EMA(WeightAveraging):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._update_if_due(trainer, pl_module)
+
+    def _update_if_due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The update for the optimizer step just taken, once. Also called when a checkpoint
+        is written: a callback that saves in its own ``on_train_batch_end`` before this one's
+        (the guard at a signal, a step-based checkpoint) then stores the average of the
+        weights it stores, and the resumed run goes on exactly."""
         avg = self._average_model
         if avg is None or trainer.global_step <= self._latest_update_step:
             return
@@ -202,18 +209,21 @@ class EMA(WeightAveraging):
             self._swapped, self._saved = False, {}
 
     # ------------------------------------------------------------------ checkpoints
+    # The whole state is in checkpoint["ema"] (on_save_checkpoint): Lightning takes the
+    # callbacks' state_dict before on_save_checkpoint, i.e. before a pending update is caught up
     def state_dict(self) -> dict[str, Any]:
-        return {"latest_update_step": self._latest_update_step, "updates": self.updates}
+        return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._latest_update_step = int(state_dict.get("latest_update_step", 0))
-        self.updates = int(state_dict.get("updates", 0))
+        return
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         avg = self._average_model
         if avg is None:
             return
+        if trainer.training:  # saved mid-step, before this callback's batch-end hook
+            self._update_if_due(trainer, pl_module)
         checkpoint["ema"] = {
             "state_dict": {k: v.detach().clone() for k, v in _net_state(avg).items()},
             "n_averaged": avg.n_averaged.detach().cpu().clone(),

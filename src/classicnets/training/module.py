@@ -156,6 +156,7 @@ class ImageClassifier(L.LightningModule):
         resolve_mode(compile_mode, self._compile_target, "cpu")  # a bad mode fails here
         self.num_classes = int(num_classes)
         self._mixer = Mixer(mix, self.num_classes, label_smoothing) if mix.active else None
+        self._bce, self._bce_threshold = loss == "bce", bce_target_threshold
         top_k = min(5, self.num_classes)
         # no per-step input validation: its checks read values back from the GPU every step,
         # stalling the asynchronous queue (a NaN loss still shows as a NaN mean)
@@ -222,11 +223,10 @@ class ImageClassifier(L.LightningModule):
 
     def _criterion(self, logits: Tensor, y: Tensor) -> Tensor:
         ls = self.hparams.label_smoothing
-        if self.hparams.get("loss", "cross_entropy") == "bce":
+        if self._bce:
             target = y if y.ndim == 2 else one_hot_targets(y, logits.shape[1], ls)
-            threshold = self.hparams.get("bce_target_threshold")
-            if threshold is not None:
-                target = (target > threshold).to(target.dtype)
+            if self._bce_threshold is not None:
+                target = (target > self._bce_threshold).to(target.dtype)
             return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
         if y.ndim == 2:  # soft targets: smoothing is in them already
             return F.cross_entropy(logits, y.to(logits.dtype))
