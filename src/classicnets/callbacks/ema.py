@@ -1,10 +1,11 @@
 """An exponential moving average (EMA) of the network's weights, kept beside the trained ones.
 
-Built on Lightning 2.6's :class:`~lightning.pytorch.callbacks.WeightAveraging` (its update
-bookkeeping: after each optimizer step, ``should_update``, the last updated step in the
-callback state) and torch's :class:`~torch.optim.swa_utils.AveragedModel` with
-:func:`~torch.optim.swa_utils.get_ema_multi_avg_fn` (the foreach EMA update). What differs from
-Lightning's ``EMAWeightAveraging``, and why:
+A :class:`~lightning.pytorch.callbacks.WeightAveraging` of Lightning 2.6 (its interface:
+``should_update(step_idx)``, called after each optimizer step, with Lightning's
+``EMAWeightAveraging`` semantics for ``update_every_n_steps``), averaging with torch's
+:class:`~torch.optim.swa_utils.AveragedModel` and :func:`~torch.optim.swa_utils.
+get_ema_multi_avg_fn` (the foreach EMA update). Lightning's own hooks are overridden, because
+what this project needs differs from its ``EMAWeightAveraging``:
 
 * the average is of the **network** (``pl_module.net``), not of the LightningModule: its keys
   are the network's own, and ``torch.compile`` (which this project keeps outside the module
@@ -78,6 +79,11 @@ class EMA(WeightAveraging):
             raise ValueError(f"callbacks.ema.test_weights={test_weights!r} is not one of "
                              f"{', '.join(TEST_WEIGHTS)}")
         super().__init__(device=device, use_buffers=True)
+        # our own state (Lightning's private attributes of WeightAveraging are not used: every
+        # hook that reads them is overridden here)
+        self._avg: AveragedModel | None = None
+        self._avg_device = torch.device(device) if isinstance(device, str) else device
+        self._last_step = 0  # the optimizer step of the last update
         self.decay, self.update_every_n_steps = float(decay), int(update_every_n_steps)
         self.start_step, self.start_epoch = int(start_step), int(start_epoch)
         self.warmup, self.test_weights = bool(warmup), test_weights
@@ -90,7 +96,7 @@ class EMA(WeightAveraging):
     @property
     def average(self) -> AveragedModel | None:
         """The averaged network (an ``AveragedModel``; ``.module`` is the network)."""
-        return self._average_model
+        return self._avg
 
     def current_decay(self) -> float:
         if not self.warmup:
@@ -104,8 +110,8 @@ class EMA(WeightAveraging):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         net = self._net(pl_module)
-        if stage == "fit" and self._average_model is None:
-            self._average_model = AveragedModel(net, device=self._device, use_buffers=True,
+        if stage == "fit" and self._avg is None:
+            self._avg = AveragedModel(net, device=self._avg_device, use_buffers=True,
                                                 multi_avg_fn=get_ema_multi_avg_fn(self.decay))
         num_classes = int(getattr(pl_module, "num_classes", 0) or 0)
         if num_classes and self.val_acc is None:
@@ -126,8 +132,8 @@ class EMA(WeightAveraging):
                              "not support a model-parallel trainer (trainer=towers); drop "
                              "callbacks=ema or train with trainer=ddp")
         # the strategy has moved the network to its device by now (after setup)
-        if self._average_model is not None and self._device is None:
-            self._average_model.to(pl_module.device)
+        if self._avg is not None and self._avg_device is None:
+            self._avg.to(pl_module.device)
         if self.val_acc is not None:
             self.val_acc.to(pl_module.device)
 
@@ -140,8 +146,8 @@ class EMA(WeightAveraging):
         is written: a callback that saves in its own ``on_train_batch_end`` before this one's
         (the guard at a signal, a step-based checkpoint) then stores the average of the
         weights it stores, and the resumed run goes on exactly."""
-        avg = self._average_model
-        if avg is None or trainer.global_step <= self._latest_update_step:
+        avg = self._avg
+        if avg is None or trainer.global_step <= self._last_step:
             return
         step_idx = trainer.global_step - 1
         if trainer.current_epoch < self.start_epoch or not self.should_update(step_idx=step_idx):
@@ -150,7 +156,7 @@ class EMA(WeightAveraging):
         avg.multi_avg_fn = get_ema_multi_avg_fn(self.current_decay())
         avg.update_parameters(self._net(pl_module))
         self.updates += 1
-        self._latest_update_step = trainer.global_step
+        self._last_step = trainer.global_step
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         return  # per step only (WeightAveraging would ask should_update per epoch too)
@@ -167,7 +173,7 @@ class EMA(WeightAveraging):
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                 outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
-        avg = self._average_model
+        avg = self._avg
         if avg is None or self.val_acc is None:
             return
         x, y = batch[0], batch[1]
@@ -181,7 +187,7 @@ class EMA(WeightAveraging):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule
                                 ) -> None:
-        if self._average_model is None or self.val_acc is None:
+        if self._avg is None or self.val_acc is None:
             return
         if self.val_acc.update_count == 0:  # no validation batch (limit_val_batches=0)
             return
@@ -194,8 +200,8 @@ class EMA(WeightAveraging):
         path = trainer.ckpt_path
         if path:  # the tested checkpoint's average (the best one, after fitting)
             state = ema_state_dict(path)
-        elif self._average_model is not None:
-            state = _net_state(self._average_model)
+        elif self._avg is not None:
+            state = _net_state(self._avg)
         else:
             return
         net = self._net(pl_module)
@@ -219,7 +225,7 @@ class EMA(WeightAveraging):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        avg = self._average_model
+        avg = self._avg
         if avg is None:
             return
         if trainer.training:  # saved mid-step, before this callback's batch-end hook
@@ -227,13 +233,13 @@ class EMA(WeightAveraging):
         checkpoint["ema"] = {
             "state_dict": {k: v.detach().clone() for k, v in _net_state(avg).items()},
             "n_averaged": avg.n_averaged.detach().cpu().clone(),
-            "latest_update_step": int(self._latest_update_step),
+            "latest_update_step": int(self._last_step),
             "updates": int(self.updates), "decay": self.decay,
         }
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        avg = self._average_model
+        avg = self._avg
         saved = checkpoint.get("ema")
         if avg is None:
             return
@@ -244,7 +250,7 @@ class EMA(WeightAveraging):
             return
         avg.module.load_state_dict(saved["state_dict"])
         avg.n_averaged.copy_(saved["n_averaged"])
-        self._latest_update_step = int(saved.get("latest_update_step", 0))
+        self._last_step = int(saved.get("latest_update_step", 0))
         self.updates = int(saved.get("updates", 0))
 
 

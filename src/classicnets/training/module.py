@@ -260,10 +260,8 @@ class ImageClassifier(L.LightningModule):
         run's seed, the rank, the optimizer step and the batch index: a run resumed mid-epoch
         mixes exactly as the uninterrupted one."""
         assert self._mixer is not None
-        trainer = self._trainer
-        step = trainer.global_step if trainer is not None else 0
-        rank = trainer.global_rank if trainer is not None else 0
-        return self._mixer(x, y, (torch.initial_seed(), rank, step, batch_idx))
+        key = (torch.initial_seed(), self.global_rank, self.global_step, batch_idx)
+        return self._mixer(x, y, key)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
