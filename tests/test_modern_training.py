@@ -343,3 +343,16 @@ def test_no_weight_decay_covers_vit_tokens_norms_and_biases() -> None:
     assert all(id(p) in decayed for n, p in net.named_parameters()
                if p.ndim > 1 and n not in ("cls_token", "pos_embed"))
     assert (decay["weight_decay"], exempt["weight_decay"]) == (0.05, 0.0)
+
+
+def test_no_weight_decay_norm_exempts_norm_layers_only() -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                              torch.nn.Flatten(), torch.nn.LayerNorm(4 * 6 * 6),
+                              torch.nn.Linear(4 * 6 * 6, 5))
+    decay, exempt = param_groups(net, 2e-5, no_decay_norm_bias="norm")
+    norm = [net[1].weight, net[1].bias, net[3].weight, net[3].bias]
+    assert [id(p) for p in exempt["params"]] == [id(p) for p in norm]
+    # the conv and linear biases decay, as with torchvision's norm_weight_decay=0
+    assert {id(net[0].bias), id(net[4].bias)} <= {id(p) for p in decay["params"]}
+    with pytest.raises(ValueError, match="no_weight_decay_norm_bias='bias' is not one of"):
+        ImageClassifier(_net(), num_classes=5, no_weight_decay_norm_bias="bias")

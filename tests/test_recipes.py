@@ -43,7 +43,7 @@ PUBLISHED: list[tuple[str, str, Any, str]] = [
     ("torchvision_v2", "optimizer.lr", 0.5, TV),
     ("torchvision_v2", "optimizer.momentum", 0.9, TV),
     ("torchvision_v2", "optimizer.weight_decay", 2e-5, TV),
-    ("torchvision_v2", "module.no_weight_decay_norm_bias", True, TV + " (norm_weight_decay=0)"),
+    ("torchvision_v2", "module.no_weight_decay_norm_bias", "norm", TV + " (norm_weight_decay=0)"),
     ("torchvision_v2", "scheduler.name", "cosine", TV),
     ("torchvision_v2", "scheduler.warmup_epochs", 5, TV),
     ("torchvision_v2", "scheduler.warmup_start_factor", 0.01, TV + " (lr_warmup_decay)"),

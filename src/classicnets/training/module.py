@@ -76,7 +76,9 @@ class ImageClassifier(L.LightningModule):
         compile_mode: ``torch.compile`` mode; ``None``: ``reduce-overhead`` (CUDA graphs) for
             ``compile=step`` on CUDA, torch's default otherwise.
         channels_last: NHWC memory format for the network and its inputs.
-        no_weight_decay_norm_bias: exempt biases and norm parameters from weight decay.
+        no_weight_decay_norm_bias: exempt from weight decay: ``True`` biases, norm parameters
+            and the ViT's class token / position embedding; ``"norm"`` the norm layers'
+            parameters only (torchvision's ``norm_weight_decay=0``); ``False`` none.
         nan_policy: a non-finite training loss: ``stop`` (the ``guard`` callback ends the run
             naming the step and the last good checkpoint) or ``skip`` (the step's gradients are
             zeroed on the device, so the batch changes no weight except through the optimizer's
@@ -105,7 +107,7 @@ class ImageClassifier(L.LightningModule):
         compile: bool | Literal["network", "step"] = False,
         compile_mode: str | None = None,
         channels_last: bool = False,
-        no_weight_decay_norm_bias: bool = False,
+        no_weight_decay_norm_bias: bool | Literal["norm"] = False,
         nan_policy: str = "stop",
         finetune: Mapping[str, Any] | None = None,
         num_classes: int | None = None,
@@ -139,6 +141,9 @@ class ImageClassifier(L.LightningModule):
         if resume_schedule not in RESUME_SCHEDULES:
             raise ValueError(f"module.resume_schedule={resume_schedule!r} is not one of "
                              f"{', '.join(RESUME_SCHEDULES)}")
+        if no_weight_decay_norm_bias not in (True, False, "norm"):
+            raise ValueError(f"module.no_weight_decay_norm_bias={no_weight_decay_norm_bias!r} is "
+                             f"not one of false, true, norm")
         if loss not in LOSSES:
             raise ValueError(f"module.loss={loss!r} is not one of {', '.join(LOSSES)}")
         if bce_target_threshold is not None:

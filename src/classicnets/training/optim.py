@@ -34,10 +34,18 @@ def no_decay(name: str, param: Tensor) -> bool:
     return param.ndim <= 1 or name.rpartition(".")[2] in NO_DECAY_NAMES
 
 
-def param_groups(model: nn.Module, weight_decay: float, *, no_decay_norm_bias: bool
-                 ) -> list[dict[str, Any]]:
-    """Parameters in one group, or two when biases, norm weights and embeddings skip weight
-    decay (:func:`no_decay`).
+# the layers torchvision's recipe exempts with norm_weight_decay=0 (no_weight_decay_norm_bias=norm)
+NORM_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
+    nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
+    nn.LocalResponseNorm)
+
+
+def param_groups(model: nn.Module, weight_decay: float, *,
+                 no_decay_norm_bias: bool | str) -> list[dict[str, Any]]:
+    """Parameters in one group, or two when some skip weight decay: ``True``: biases, norm
+    weights and embeddings (:func:`no_decay`); ``"norm"``: the norm layers' parameters only
+    (torchvision's ``norm_weight_decay=0``).
 
     Parameters with fewer than two dimensions are exactly the biases and the norm layers'
     scales/shifts, whose decay only shrinks them towards zero without regularising anything;
@@ -47,10 +55,18 @@ def param_groups(model: nn.Module, weight_decay: float, *, no_decay_norm_bias: b
     params = [p for _, p in named]
     if not no_decay_norm_bias:
         return [{"params": params}]
-    decay = [p for n, p in named if not no_decay(n, p)]
-    exempt = [p for n, p in named if no_decay(n, p)]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": exempt, "weight_decay": 0.0}]
+    if no_decay_norm_bias == "norm":
+        norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS)
+                for p in m.parameters(recurse=False)}
+        exempt_ids = {id(p) for p in params if id(p) in norm}
+    elif no_decay_norm_bias is True:
+        exempt_ids = {id(p) for n, p in named if no_decay(n, p)}
+    else:
+        raise ValueError(f"module.no_weight_decay_norm_bias={no_decay_norm_bias!r} is not one of "
+                         f"false, true, norm")
+    return [{"params": [p for p in params if id(p) not in exempt_ids],
+             "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) in exempt_ids], "weight_decay": 0.0}]
 
 
 TIMM_MISSING = ("optimizer={name} needs timm (timm.optim.{cls}): pip install 'classicnets[timm]'")
