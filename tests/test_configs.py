@@ -29,10 +29,11 @@ def test_groups_have_the_documented_options() -> None:
         "data": {"digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagenet",
                  "imagefolder", "synthetic"},
         "trainer": {"default", "cpu", "gpu", "mps", "ddp", "ddp_sim", "towers", "towers_sim"},
-        "optimizer": {"sgd", "adam", "adamw", "rmsprop"},
+        "optimizer": {"sgd", "adam", "adamw", "rmsprop", "lamb", "lars"},
         "scheduler": {"cosine", "step", "multistep", "onecycle", "plateau", "none"},
         "logger": {"csv", "tensorboard", "wandb", "many"},
-        "callbacks": {"default", "dashboard"},
+        "callbacks": {"default", "dashboard", "ema"},
+        "recipe": {"paper", "torchvision_v2", "deit", "deit_cifar", "rsb_a1", "rsb_a2", "rsb_a3"},
         "debug": {"fdr", "overfit", "limit", "profiler"},
     }
     for group, names in expected.items():
@@ -102,6 +103,18 @@ def test_callbacks_default(make_cfg: MakeCfg) -> None:
 
     dashboard = next(c for c in callbacks if isinstance(c, Dashboard))  # in default, by defaults
     assert not dashboard.log_grad_norm and dashboard.num_predictions == 32
+
+
+def test_callbacks_ema_adds_the_average_and_picks_the_best_by_it(make_cfg: MakeCfg) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from classicnets.callbacks.ema import EMA
+
+    callbacks = [instantiate(sub) for sub in make_cfg("callbacks=ema").callbacks.values()]
+    ema = next(c for c in callbacks if isinstance(c, EMA))
+    assert (ema.decay, ema.update_every_n_steps, ema.test_weights) == (0.9999, 1, "ema")
+    ckpt = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
+    assert ckpt.monitor == "val/acc_ema" and ckpt.save_last  # the default ones, kept
 
 
 @pytest.mark.parametrize("name", _options("debug"))

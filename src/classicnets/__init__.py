@@ -7,7 +7,8 @@ __version__ = "0.1.0"
 
 def _register_resolvers() -> None:
     """``${pretrained:<key>,<default>}``: the data settings that follow ``model.pretrained``
-    (``conf/data/*.yaml``); registered on import so every composed config resolves."""
+    (``conf/data/*.yaml``), and ``${scale_size:...}`` (``conf/recipe/*.yaml``); registered on
+    import so every composed config resolves."""
     from omegaconf import OmegaConf
 
     def pretrained(key: str, default: Any = None, *, _root_: Any) -> Any:
@@ -15,8 +16,15 @@ def _register_resolvers() -> None:
 
         return data_setting(key, default, _root_=_root_)
 
+    def scale_size(size: int, numerator: int, denominator: int) -> int:
+        """``${scale_size:${data.image_size},176,224}``: a size a recipe states at one input size
+        (FixRes' 176 px training crop at 224), at the same ratio for this dataset's size."""
+        return max(1, round(int(size) * int(numerator) / int(denominator)))
+
     if not OmegaConf.has_resolver("pretrained"):
         OmegaConf.register_new_resolver("pretrained", pretrained)
+    if not OmegaConf.has_resolver("scale_size"):
+        OmegaConf.register_new_resolver("scale_size", scale_size)
 
 
 _register_resolvers()

@@ -177,8 +177,10 @@ def load_file(path: str | os.PathLike, *, trust: bool | None = None, what: str =
 # ---------------------------------------------------------------------------- named code
 # A weights-only file can still name code: a Hydra ``_target_`` among the hyperparameters is
 # imported and called when the module is rebuilt (Lightning 2.6.6 closed the same hole for
-# its own ``_instantiator`` key). Ours name the network factory and a torch optimizer.
-SAFE_TARGETS = ("classicnets.models.create_model",)
+# its own ``_instantiator`` key). Ours name the network factory and an optimizer: torch's, or
+# one of the two we ship on timm's (conf/optimizer/lamb.yaml, lars.yaml).
+SAFE_TARGETS = ("classicnets.models.create_model", "classicnets.training.optim.lamb",
+                "classicnets.training.optim.lars")
 
 
 def _targets(node: Any, where: str = "") -> Iterator[tuple[str, str]]:
@@ -204,8 +206,8 @@ def _safe_target(target: str) -> bool:
 
 
 def check_targets(hyper_parameters: Any, path: str | os.PathLike) -> None:
-    """Refuse hyperparameters whose Hydra ``_target_`` names anything but the network factory
-    or a torch optimizer: rebuilding the module would import and call it."""
+    """Refuse hyperparameters whose Hydra ``_target_`` names anything but the network factory,
+    a torch optimizer or our LAMB/LARS: rebuilding the module would import and call it."""
     for where, target in _targets(hyper_parameters):
         if not _safe_target(target):
             raise UntrustedCheckpointError(

@@ -317,7 +317,8 @@ def export(cfg: DictConfig) -> ExportResult:
     """What `src/export.py` does: export `cfg.ckpt_path` as `cfg.format`."""
     fmt = str(cfg.format)
     _check_format(fmt)  # before the checkpoint is read
-    trained = load_trained(cfg.ckpt_path, cfg.get("data"))
+    trained = load_trained(cfg.ckpt_path, cfg.get("data"),
+                           weights=str(cfg.get("weights", "model")))
     path = Path(cfg.output) if cfg.get("output") else (
         Path(cfg.paths.output_dir) / f"{trained.model_name}{FORMATS[fmt]}")
     result = export_model(trained, fmt, path, opset=cfg.get("opset"),

@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from classicnets.callbacks.ema import apply_ema_weights
 from classicnets.checkpoints import CheckpointError, load_file
 from classicnets.data import ImageDataModule
 from classicnets.data.transforms import EvalTransform
@@ -42,6 +43,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# the weights a checkpoint gives for inference: the trained ones, or their moving average
+WEIGHTS = ("model", "ema")
 
 
 class NormalizedClassifier(nn.Module):
@@ -125,8 +129,11 @@ def _check_matches(model_cfg: Mapping[str, Any], classes: Sequence[str],
 
 
 def load_trained(ckpt_path: str | os.PathLike, data_cfg: DictConfig | None = None, *,
-                 trust: bool | None = None) -> Trained:
+                 trust: bool | None = None, weights: str = "model") -> Trained:
     """Load a checkpoint for inference with its class names and evaluation transform.
+
+    ``weights``: ``model`` (the trained weights) or ``ema`` (their moving average, in
+    checkpoints of runs with ``callbacks=ema``; :mod:`classicnets.callbacks.ema`).
 
     ``data_cfg`` (a ``conf/data`` config) is needed only for checkpoints written before
     checkpoints carried these; given anyway, it replaces them and must fit the network.
@@ -134,7 +141,11 @@ def load_trained(ckpt_path: str | os.PathLike, data_cfg: DictConfig | None = Non
     setting of the running entry point; see :mod:`classicnets.checkpoints`).
     """
     path = Path(ckpt_path).expanduser()
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r} is not one of {', '.join(WEIGHTS)}")
     module = ImageClassifier.load_checkpoint(path, trust=trust)
+    if weights == "ema":
+        apply_ema_weights(module.net, path, trust=trust)
     model_cfg = module.hparams.get("model") or {}
     state, data_hparams = _saved_data(path, trust)
     if data_cfg is not None:
@@ -305,7 +316,8 @@ def _print_rows(rows: Sequence[Mapping[str, Any]], limit: int, csv_path: Path) -
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     """What `src/predict.py` does: classify `cfg.input`, print, write `cfg.output` (a CSV)."""
-    trained = load_trained(cfg.ckpt_path, cfg.get("data"))
+    trained = load_trained(cfg.ckpt_path, cfg.get("data"),
+                           weights=str(cfg.get("weights", "model")))
     files = find_images(cfg.input)
     log.info("%s (%s, %d classes): %d file(s)", trained.checkpoint, trained.model_name,
              len(trained.classes), len(files))

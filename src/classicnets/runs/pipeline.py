@@ -28,6 +28,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from classicnets.callbacks.ema import apply_ema_weights
 from classicnets.callbacks.guard import TrainingInterrupted
 from classicnets.checkpoints import CheckpointError, is_trusted
 from classicnets.data import ImageDataModule
@@ -36,7 +37,7 @@ from classicnets.parallel.launch import check_world_matches
 from classicnets.parallel.slurm import newest_checkpoint, requeued_checkpoint
 from classicnets.paths import REPO_ROOT
 from classicnets.runs import host_memory
-from classicnets.runs.config_check import check_config
+from classicnets.runs.config_check import ConfigError, check_config
 from classicnets.runs.loggers import (
     check_logger_config,
     close_stale_wandb_run,
@@ -377,6 +378,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test the checkpoint ``cfg.ckpt_path`` on ``cfg.data``: check, build, run, record."""
     # check
     check_config(cfg)
+    weights = str(cfg.get("weights", "model"))
+    if weights not in ("model", "ema"):
+        raise ConfigError(f"weights={weights!r} is not one of model, ema")
     out_dir = _output_dir()
     check_logger_config(cfg, _hydra_written(out_dir))
     check_world_matches(cfg.trainer)
@@ -387,6 +391,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     # build
     module = ImageClassifier.load_checkpoint(cfg.ckpt_path)
+    if weights == "ema":  # the moving average the checkpoint carries (callbacks=ema)
+        apply_ema_weights(module.net, cfg.ckpt_path)
     datamodule = build_datamodule(cfg)
     check_data_fits_model(module.hparams.get("model"), datamodule,
                           "evaluate on the data it was trained on (data=... "

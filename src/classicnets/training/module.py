@@ -34,11 +34,13 @@ from classicnets.training.finetune import (
     head_parameter_names,
     split_head_backbone,
 )
+from classicnets.training.mixing import MixConfig, Mixer, one_hot_targets
 from classicnets.training.optim import RESUME_SCHEDULES, build_scheduler, param_groups
 
 __all__ = ["ImageClassifier"]
 
 NAN_POLICIES = ("stop", "skip")
+LOSSES = ("cross_entropy", "bce")
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1,
                      "momentum": 0.9, "weight_decay": 5e-4}
 
@@ -56,7 +58,17 @@ class ImageClassifier(L.LightningModule):
             an ``nn.Module`` (then pass ``model=`` again when loading).
         optimizer: ``_partial_`` optimizer config (``conf/optimizer``); ``params`` are filled in.
         scheduler: ``conf/scheduler`` config (``name`` + options) or ``None``.
-        label_smoothing: cross-entropy label smoothing (Szegedy et al., 2016).
+        label_smoothing: label smoothing (Szegedy et al., 2016): cross-entropy's own, or folded
+            into the soft targets when ``mixup`` is on or ``loss=bce``.
+        mixup: Mixup/CutMix of each training batch on its device
+            (:class:`classicnets.training.mixing.MixConfig`: ``mixup_alpha``, ``cutmix_alpha``,
+            ``prob``, ``switch_prob``); the loss then takes soft targets and ``train/acc``
+            counts a prediction right when it is the largest class of the mixed target.
+        loss: ``cross_entropy`` or ``bce`` (binary cross-entropy of each class's logit
+            against its soft target, mean over samples × classes, as "ResNet strikes back",
+            Wightman et al. 2021).
+        bce_target_threshold: ``loss=bce``: targets above it become 1, the others 0 (after
+            smoothing and mixing; RSB uses 0.2); ``None`` keeps the soft targets.
         aux_loss_weight: weight of each auxiliary head's loss (0.3 in GoogLeNet).
         compile: ``true``/``network``: ``torch.compile`` the network; ``step``: the whole
             training step (forward, loss, backward, optimizer update;
@@ -64,7 +76,9 @@ class ImageClassifier(L.LightningModule):
         compile_mode: ``torch.compile`` mode; ``None``: ``reduce-overhead`` (CUDA graphs) for
             ``compile=step`` on CUDA, torch's default otherwise.
         channels_last: NHWC memory format for the network and its inputs.
-        no_weight_decay_norm_bias: exempt biases and norm parameters from weight decay.
+        no_weight_decay_norm_bias: exempt from weight decay: ``True`` biases, norm parameters
+            and the ViT's class token / position embedding; ``"norm"`` the norm layers'
+            parameters only (torchvision's ``norm_weight_decay=0``); ``False`` none.
         nan_policy: a non-finite training loss: ``stop`` (the ``guard`` callback ends the run
             naming the step and the last good checkpoint) or ``skip`` (the step's gradients are
             zeroed on the device, so the batch changes no weight except through the optimizer's
@@ -93,17 +107,21 @@ class ImageClassifier(L.LightningModule):
         compile: bool | Literal["network", "step"] = False,
         compile_mode: str | None = None,
         channels_last: bool = False,
-        no_weight_decay_norm_bias: bool = False,
+        no_weight_decay_norm_bias: bool | Literal["norm"] = False,
         nan_policy: str = "stop",
         finetune: Mapping[str, Any] | None = None,
         num_classes: int | None = None,
         resume_schedule: Literal["auto", "stretch", "keep", "restart"] = "auto",
+        mixup: Mapping[str, Any] | None = None,
+        loss: Literal["cross_entropy", "bce"] = "cross_entropy",
+        bce_target_threshold: float | None = None,
     ) -> None:
         super().__init__()
         # plain containers in hparams: the checkpoint then rebuilds everything by itself
         optimizer = _plain(optimizer) or dict(DEFAULT_OPTIMIZER)
         scheduler = _plain(scheduler)
         finetune = _plain(finetune)
+        mixup = _plain(mixup)
         if isinstance(model, nn.Module):
             self.save_hyperparameters(ignore=["model"], logger=False)
             self.net = model
@@ -123,12 +141,27 @@ class ImageClassifier(L.LightningModule):
         if resume_schedule not in RESUME_SCHEDULES:
             raise ValueError(f"module.resume_schedule={resume_schedule!r} is not one of "
                              f"{', '.join(RESUME_SCHEDULES)}")
+        if no_weight_decay_norm_bias not in (True, False, "norm"):
+            raise ValueError(f"module.no_weight_decay_norm_bias={no_weight_decay_norm_bias!r} is "
+                             f"not one of false, true, norm")
+        if loss not in LOSSES:
+            raise ValueError(f"module.loss={loss!r} is not one of {', '.join(LOSSES)}")
+        if bce_target_threshold is not None:
+            if loss != "bce":
+                raise ValueError(f"module.bce_target_threshold={bce_target_threshold} applies to "
+                                 f"module.loss=bce only (it is {loss}); set it to null")
+            if not 0.0 <= float(bce_target_threshold) < 1.0:
+                raise ValueError(f"module.bce_target_threshold={bce_target_threshold} must be in "
+                                 f"[0, 1) (or null: soft targets)")
+        mix = MixConfig.parse(mixup)  # validated before anything runs
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"module.nan_policy={nan_policy!r} is not one of "
                              f"{', '.join(NAN_POLICIES)}")
         self._compile_target = compile_target(compile)
         resolve_mode(compile_mode, self._compile_target, "cpu")  # a bad mode fails here
         self.num_classes = int(num_classes)
+        self._mixer = Mixer(mix, self.num_classes, label_smoothing) if mix.active else None
+        self._bce, self._bce_threshold = loss == "bce", bce_target_threshold
         top_k = min(5, self.num_classes)
         # no per-step input validation: its checks read values back from the GPU every step,
         # stalling the asynchronous queue (a NaN loss still shows as a NaN mean)
@@ -181,15 +214,28 @@ class ImageClassifier(L.LightningModule):
         return net(x)
 
     def loss(self, out: Tensor | ClassifierOutput, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-entropy of the main logits plus ``aux_loss_weight`` × each aux head's."""
-        ls = self.hparams.label_smoothing
+        """The loss of the main logits plus ``aux_loss_weight`` × each aux head's.
+
+        ``y``: class indices, or soft targets (one row per sample, summing to 1: mixed
+        batches, where label smoothing is already folded in)."""
+        criterion = self._criterion
         if isinstance(out, ClassifierOutput):
-            loss = F.cross_entropy(out.logits, y, label_smoothing=ls)
+            loss = criterion(out.logits, y)
             for aux in out.aux_logits:
-                loss = loss + self.hparams.aux_loss_weight * F.cross_entropy(
-                    aux, y, label_smoothing=ls)
+                loss = loss + self.hparams.aux_loss_weight * criterion(aux, y)
             return loss, out.logits
-        return F.cross_entropy(out, y, label_smoothing=ls), out
+        return criterion(out, y), out
+
+    def _criterion(self, logits: Tensor, y: Tensor) -> Tensor:
+        ls = self.hparams.label_smoothing
+        if self._bce:
+            target = y if y.ndim == 2 else one_hot_targets(y, logits.shape[1], ls)
+            if self._bce_threshold is not None:
+                target = (target > self._bce_threshold).to(target.dtype)
+            return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
+        if y.ndim == 2:  # soft targets: smoothing is in them already
+            return F.cross_entropy(logits, y.to(logits.dtype))
+        return F.cross_entropy(logits, y, label_smoothing=ls)
 
     # ------------------------------------------------------------------ steps
     def on_train_start(self) -> None:
@@ -214,8 +260,18 @@ class ImageClassifier(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._train_sums = None
 
+    def _mix(self, x: Tensor, y: Tensor, batch_idx: int) -> tuple[Tensor, Tensor]:
+        """Mixup/CutMix of the batch (``module.mixup``), drawn from a generator seeded by the
+        run's seed, the rank, the optimizer step and the batch index: a run resumed mid-epoch
+        mixes exactly as the uninterrupted one."""
+        assert self._mixer is not None
+        key = (torch.initial_seed(), self.global_rank, self.global_step, batch_idx)
+        return self._mixer(x, y, key)
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
+        if self._mixer is not None:
+            x, y = self._mix(x, y, batch_idx)
         if self._compiled_loss is None:
             loss, logits = self.loss(self(x), y)
         else:
@@ -226,6 +282,8 @@ class ImageClassifier(L.LightningModule):
             # [sum of loss × batch size, correct predictions, samples, skipped batches]
             self._train_sums = torch.zeros(4, dtype=torch.float32, device=loss.device)
         sums, n = self._train_sums, y.shape[0]
+        if y.ndim == 2:  # soft targets: right when the top logit is the mix's largest class
+            y = y.argmax(dim=1)
         if self.hparams.nan_policy == "skip":
             with torch.no_grad():
                 # decided on the device: a non-finite loss adds nothing and is counted

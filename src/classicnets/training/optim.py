@@ -7,12 +7,12 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as lrs
 
-__all__ = ["RESUME_SCHEDULES", "SCHEDULERS", "HorizonSchedule", "WarmupCosine",
-           "build_scheduler", "param_groups"]
+__all__ = ["NO_DECAY_NAMES", "RESUME_SCHEDULES", "SCHEDULERS", "HorizonSchedule",
+           "WarmupCosine", "build_scheduler", "lamb", "lars", "no_decay", "param_groups"]
 
 log = logging.getLogger(__name__)
 
@@ -22,20 +22,86 @@ SCHEDULERS = ("cosine", "step", "multistep", "onecycle", "plateau", "none")
 RESUME_SCHEDULES = ("auto", "stretch", "keep", "restart")
 
 
-def param_groups(model: nn.Module, weight_decay: float, *, no_decay_norm_bias: bool
-                 ) -> list[dict[str, Any]]:
-    """Parameters in one group, or two when norm weights and biases skip weight decay.
+# parameters that weight decay only pulls towards zero without regularising anything, besides
+# biases and norm scales/shifts (ndim <= 1): the ViT's class token and position embedding (timm's
+# and DeiT's `no_weight_decay()` set) and BoTNet's relative position embeddings
+NO_DECAY_NAMES = ("cls_token", "pos_embed", "rel_h", "rel_w")
+
+
+def no_decay(name: str, param: Tensor) -> bool:
+    """Whether ``no_weight_decay_norm_bias`` exempts this parameter: a bias, a norm layer's
+    scale or shift (all the 1-d parameters), or a token/position embedding by name."""
+    return param.ndim <= 1 or name.rpartition(".")[2] in NO_DECAY_NAMES
+
+
+# the layers torchvision's recipe exempts with norm_weight_decay=0 (no_weight_decay_norm_bias=norm)
+NORM_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
+    nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
+    nn.LocalResponseNorm)
+
+
+def param_groups(model: nn.Module, weight_decay: float, *,
+                 no_decay_norm_bias: bool | str) -> list[dict[str, Any]]:
+    """Parameters in one group, or two when some skip weight decay: ``True``: biases, norm
+    weights and embeddings (:func:`no_decay`); ``"norm"``: the norm layers' parameters only
+    (torchvision's ``norm_weight_decay=0``).
 
     Parameters with fewer than two dimensions are exactly the biases and the norm layers'
-    scales/shifts, whose decay only shrinks them towards zero without regularising anything.
+    scales/shifts, whose decay only shrinks them towards zero without regularising anything;
+    the ViT's class token and position embedding are exempt as in DeiT/timm.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     if not no_decay_norm_bias:
         return [{"params": params}]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    if no_decay_norm_bias == "norm":
+        norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS)
+                for p in m.parameters(recurse=False)}
+        exempt_ids = {id(p) for p in params if id(p) in norm}
+    elif no_decay_norm_bias is True:
+        exempt_ids = {id(p) for n, p in named if no_decay(n, p)}
+    else:
+        raise ValueError(f"module.no_weight_decay_norm_bias={no_decay_norm_bias!r} is not one of "
+                         f"false, true, norm")
+    return [{"params": [p for p in params if id(p) not in exempt_ids],
+             "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) in exempt_ids], "weight_decay": 0.0}]
+
+
+TIMM_MISSING = ("optimizer={name} needs timm (timm.optim.{cls}): pip install 'classicnets[timm]'")
+
+
+def _timm_optimizer(name: str, cls: str) -> Any:
+    try:
+        import timm.optim
+    except ImportError:
+        raise ImportError(TIMM_MISSING.format(name=name, cls=cls)) from None
+    return getattr(timm.optim, cls)
+
+
+def lamb(params: Any, *, lr: float = 1e-3, betas: tuple[float, float] | list[float] = (0.9, 0.999),
+         eps: float = 1e-6, weight_decay: float = 0.01, grad_averaging: bool = True,
+         max_grad_norm: float | None = 1.0, trust_clip: bool = False,
+         always_adapt: bool = False) -> Optimizer:
+    """LAMB (You et al., "Large Batch Optimization for Deep Learning", ICLR 2020) as
+    ``timm.optim.Lamb``: the optimizer of "ResNet strikes back". torch has none."""
+    return _timm_optimizer("lamb", "Lamb")(
+        params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+        grad_averaging=grad_averaging, max_grad_norm=max_grad_norm, trust_clip=trust_clip,
+        always_adapt=always_adapt)
+
+
+def lars(params: Any, *, lr: float = 1.0, momentum: float = 0.9, dampening: float = 0.0,
+         weight_decay: float = 0.0, nesterov: bool = False, trust_coeff: float = 0.001,
+         eps: float = 1e-8, trust_clip: bool = False, always_adapt: bool = False) -> Optimizer:
+    """LARS (You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", 2017)
+    as ``timm.optim.Lars``; ``always_adapt=false`` skips the trust ratio for parameter groups
+    without weight decay, as timm does. torch has none."""
+    return _timm_optimizer("lars", "Lars")(
+        params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+        nesterov=nesterov, trust_coeff=trust_coeff, eps=eps, trust_clip=trust_clip,
+        always_adapt=always_adapt)
 
 
 class WarmupCosine:
