@@ -15,8 +15,15 @@ def _register_resolvers() -> None:
 
         return data_setting(key, default, _root_=_root_)
 
+    def shards(key: str, *, _root_: Any) -> Any:
+        from classicnets.data.shards import manifest_setting
+
+        return manifest_setting(key, _root_)
+
     if not OmegaConf.has_resolver("pretrained"):
         OmegaConf.register_new_resolver("pretrained", pretrained)
+    if not OmegaConf.has_resolver("shards"):  # ${shards:<key>}: conf/data/shards.yaml
+        OmegaConf.register_new_resolver("shards", shards)
 
 
 _register_resolvers()
