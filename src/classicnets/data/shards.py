@@ -16,7 +16,8 @@ A shard directory (``python src/shard.py data=<config> out=<dir>``)::
 
 Each sample is ``{"index": int, "image": bytes, "label": int, "name": str}``: an image file's
 bytes as they are (JPEG/PNG of an image folder), or an in-memory image encoded once as PNG
-(lossless), with its position in the split and its file name (for warnings). The manifest is
+(lossless), with its position in the split and, for warnings, its name (the source file and
+position: ``/photos/train/cat/1.jpg (train sample #7)``). The manifest is
 written last, so a conversion that did not finish is refused.
 
 Training (``data=shards data.path=<dir or URL>``) decodes in the DataLoader workers and applies
@@ -298,15 +299,19 @@ def _check_local_splits(base: Path, manifest: Manifest) -> None:
 # --------------------------------------------------------------------------- writing
 
 
-def _array_sample(i: int, images: Tensor, labels: Tensor) -> dict[str, Any]:
+# a sample's name is never a bare path: litdata stores a string naming an existing file as
+# that file's content (its FileSerializer), not as the string
+
+
+def _array_sample(i: int, images: Tensor, labels: Tensor, where: str) -> dict[str, Any]:
     return {"index": i, "image": encode_png(images[i]).numpy().tobytes(),
-            "label": int(labels[i]), "name": f"#{i}"}
+            "label": int(labels[i]), "name": f"{where} #{i}"}
 
 
-def _file_sample(item: tuple[int, str, int]) -> dict[str, Any]:
+def _file_sample(item: tuple[int, str, int], where: str) -> dict[str, Any]:
     i, path, label = item
     return {"index": i, "image": Path(path).read_bytes(), "label": int(label),
-            "name": str(path)}
+            "name": f"{path} ({where} #{i})"}
 
 
 def _folder_items(data: Any) -> list[tuple[int, str, int]]:
@@ -356,10 +361,12 @@ def write_shards(datamodule: Any, out: str | os.PathLike, *, data_config: Mappin
     meta: dict[str, dict[str, Any]] = {}
     for split, data in splits.items():
         if isinstance(data, ArrayData):
-            fn: Any = functools.partial(_array_sample, images=data.images, labels=data.labels)
+            fn: Any = functools.partial(_array_sample, images=data.images, labels=data.labels,
+                                        where=f"{spec.name} {split}")
             inputs: Sequence[Any] = list(range(len(data)))
         else:
-            fn, inputs = _file_sample, _folder_items(data)
+            fn = functools.partial(_file_sample, where=f"{split} sample")
+            inputs = _folder_items(data)
         _optimize(fn, inputs, out / split, chunk_bytes, max(1, min(num_workers, len(inputs))))
         meta[split] = {"num_samples": len(inputs),
                        "index_sha256": _sha256(out / split / INDEX)}
@@ -585,13 +592,14 @@ class ShardDataModule(L.LightningDataModule):
         from litdata import StreamingDataset
 
         shuffle = train and self.hparams.shuffle
-        # under DDP drop_last is litdata's default (every rank the same steps); evaluation
-        # keeps every sample (uneven last batches are fine: no collective per step there)
-        kwargs: dict[str, Any] = {} if train else {"drop_last": False}
+        # training: whole batches only (as the other loaders: a last batch of one sample
+        # breaks BatchNorm; under DDP every rank must take the same steps), so fewer than
+        # world size × batch samples, others each epoch, sit out an epoch; evaluation keeps
+        # every sample (uneven last batches are fine: no collective per step there)
         return StreamingDataset(self._url(split), cache_dir=self.hparams.cache_dir,
-                                shuffle=shuffle, seed=int(self.hparams.seed),
+                                shuffle=shuffle, seed=int(self.hparams.seed), drop_last=train,
                                 storage_options=self.storage_options or None,
-                                transform=self._sample(train), **kwargs)
+                                transform=self._sample(train))
 
     def setup(self, stage: str | None = None) -> None:
         self.per_device_batch_size  # noqa: B018 — fail before any data is read
