@@ -485,7 +485,8 @@ def test_sigterm_mid_epoch_then_resume_sees_the_remaining_samples_only(tmp_path:
     assert len(stopped) + len(resumed) == n and len(set(stopped + resumed)) == n
     epoch0 = [k for b in before if b["epoch"] == 0 for k in b["keys"]]
     assert sorted(epoch0) == sorted(stopped + resumed)
-    assert ckpt["global_step"] == 13
+    assert ckpt["global_step"] == 13 == before[-1]["step"]
+    assert len(stopped) == state["num_samples_yielded"] == 32  # 4 batches of epoch 1 trained
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 18
 
 
