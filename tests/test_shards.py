@@ -500,3 +500,40 @@ def test_digits_from_shards_train_as_well_as_in_memory(digits, make_cfg) -> None
                            *common, out="shards"))[1]["test/acc"]
     assert min(mem, shard) > 0.85, (mem, shard)
     assert abs(mem - shard) < 0.05, (mem, shard)  # same split, model and seed; other draws
+
+
+def test_benchmark_section_compares_shards_with_the_folder(make_cfg, tmp_path: Path) -> None:
+    """`python src/benchmark.py sections=[shards]` at toy size: folder and shards rows, the
+    ratio, the GPU rows skipped with the reason on a CPU, the temporary files gone."""
+    import math
+    import tempfile
+
+    from classicnets.benchmark import run_benchmark
+
+    before = set(Path(tempfile.gettempdir()).glob("classicnets-shards-*"))
+    cfg = make_cfg("device=cpu", "sections=[shards]", "rounds=2", "warmup_steps=1",
+                   "window_steps=1", "min_window_s=0", "shards.num_images=12",
+                   "shards.width=64", "shards.height=48", "shards.image_size=32",
+                   "shards.batch_size=4", "shards.num_workers=0", config_name="benchmark",
+                   out="bench")
+    rows = run_benchmark(cfg)
+    assert [(r.section, r.variant) for r in rows] == [("shards", "folder"), ("shards", "shards")]
+    folder_row, shard_row = rows
+    assert folder_row.ratio == 1.0 and math.isfinite(shard_row.ratio) and shard_row.ratio > 0
+    md = (tmp_path / "bench" / "benchmark.md").read_text()
+    assert "shards / folder =" in md and "GPU decode rows skipped: no CUDA device" in md
+    assert set(Path(tempfile.gettempdir()).glob("classicnets-shards-*")) == before
+
+
+def test_prediction_reads_the_classes_of_a_checkpoint_trained_on_shards(
+        digits, tmp_path: Path) -> None:
+    from classicnets.inference.predict import _saved_data
+
+    dm = ShardDataModule(digits[1])
+    path = tmp_path / "x.ckpt"
+    torch.save({"ShardDataModule": dm.state_dict(), "datamodule_hyper_parameters":
+                dict(dm.hparams)}, path)
+    state, hparams = _saved_data(path, trust=False)
+    assert state["classes"] == [str(i) for i in range(10)]
+    assert state["eval_transform"]["image_size"] == 32 and hparams["path"] == str(digits[1])
+    assert "storage_options" not in hparams  # may hold secrets: never in a checkpoint

@@ -515,8 +515,13 @@ class ShardDataModule(L.LightningDataModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
+        # plain values in the hyperparameters: a checkpoint must load weights-only
+        path = str(path)
         mean = None if mean is None else [float(m) for m in mean]
         std = None if std is None else [float(s) for s in std]
+        if distortion is not None:
+            distortion = {k: [float(x) for x in v] if k == "scale" else float(v)
+                          for k, v in distortion.items()}
         # storage options may hold secrets: never in a checkpoint's hyperparameters
         self.save_hyperparameters(ignore=["storage_options"], logger=False)
         self.storage_options = dict(storage_options or {})
