@@ -1,9 +1,10 @@
 """A test-only callback for tests/test_shards.py: which training samples each step saw.
 
 ``+callbacks.seen._target_=shard_probes.SampleLog +callbacks.seen.out=FILE`` appends one JSON
-line per training batch (epoch, the global step it makes, a key per sample) to FILE, as the batch runs, so a
-run killed by a signal leaves what it trained on. The key is the image's pixel sum and position-weighted sum: with
-augmentation off, the same sample always gives the same key (noise images: no two alike)."""
+line per training batch (epoch, the global step it makes, a key per sample) to FILE as the batch
+starts, so a run killed by a signal leaves what it trained on. The key is the image's pixel sum
+and position-weighted sum: with augmentation off, the same sample always gives the same key
+(noise images: no two alike)."""
 
 from __future__ import annotations
 

@@ -25,16 +25,14 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("litdata")
-
-from classicnets.data import DatasetError, ImageDataModule  # noqa: E402
-from classicnets.data.gpu_decode import (  # noqa: E402
+from classicnets.data import DatasetError, ImageDataModule
+from classicnets.data.gpu_decode import (
     GpuBatchDecoder,
     check_decoder,
     collate_encoded,
     read_encoded,
 )
-from classicnets.data.shards import (  # noqa: E402
+from classicnets.data.shards import (
     MANIFEST,
     ShardDataModule,
     check_credentials,
@@ -42,7 +40,7 @@ from classicnets.data.shards import (  # noqa: E402
     read_manifest,
     write_shards,
 )
-from formats import write_image_folder  # noqa: E402
+from formats import write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "src" / "train.py")
@@ -290,7 +288,7 @@ def test_gpu_batches_decode_in_one_call_and_bad_files_fall_back_by_name(
     dec = GpuBatchDecoder(train=True, image_size=24, in_channels=3, resize_size=28,
                           mean=MEAN, std=STD, device="cpu")
     samples = [(read_encoded(str(p)), i) for i, p in enumerate(good)]
-    payloads, labels, names = collate_encoded(samples)
+    payloads, _, names = collate_encoded(samples)
     assert [p.dim() for p in payloads] == [1, 1, 1]  # bytes, not decoded in the worker
     batch, kept = dec(payloads, names)
     assert calls == [3] and kept == [0, 1, 2]  # the whole batch in one decode_jpeg call
@@ -299,8 +297,8 @@ def test_gpu_batches_decode_in_one_call_and_bad_files_fall_back_by_name(
     caplog.set_level(logging.WARNING, logger="classicnets.data.gpu_decode")
     calls.clear()
     mixed = [*good, png, broken]
-    payloads, labels, names = collate_encoded([(read_encoded(str(p)), i)
-                                               for i, p in enumerate(mixed)])
+    payloads, _, names = collate_encoded([(read_encoded(str(p)), i)
+                                          for i, p in enumerate(mixed)])
     assert payloads[3].dim() == 3  # the PNG was decoded on the CPU in the worker
     batch, kept = dec(payloads, names)
     assert calls[0] == 4 and sum(calls[1:]) == 4  # the batch failed: each JPEG retried alone

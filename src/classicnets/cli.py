@@ -1,6 +1,6 @@
 """Console scripts (`classicnets-train`, `-eval`, `-benchmark`, `-predict`, `-export`,
-`-report`, `-visualize`, `-plots`, `-checkpoint`, `-shard`): the top of the import graph; nothing in the
-package imports this module."""
+`-report`, `-visualize`, `-plots`, `-checkpoint`, `-shard`): the top of the import graph;
+nothing in the package imports this module."""
 
 from __future__ import annotations
 
