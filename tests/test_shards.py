@@ -535,3 +535,20 @@ def test_prediction_reads_the_classes_of_a_checkpoint_trained_on_shards(
     assert state["classes"] == [str(i) for i in range(10)]
     assert state["eval_transform"]["image_size"] == 32 and hparams["path"] == str(digits[1])
     assert "storage_options" not in hparams  # may hold secrets: never in a checkpoint
+
+
+def test_tower_parallelism_is_refused(digits) -> None:
+    """trainer=towers: two processes, one data replica (both towers need the same batch), but
+    litdata gives every process its own samples."""
+    from types import SimpleNamespace
+
+    dm = ShardDataModule(digits[1], batch_size=8)
+    towers = SimpleNamespace(world_size=2, strategy=SimpleNamespace(
+        distributed_sampler_kwargs={"num_replicas": 1, "rank": 0}))
+    ddp = SimpleNamespace(world_size=2, strategy=SimpleNamespace(
+        distributed_sampler_kwargs={"num_replicas": 2, "rank": 1}))
+    object.__setattr__(dm, "trainer", towers)
+    with pytest.raises(DatasetError, match="trainer=towers need the same batch: use trainer=ddp"):
+        dm.setup("fit")
+    object.__setattr__(dm, "trainer", ddp)
+    assert dm.per_device_batch_size == 4

@@ -80,6 +80,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 # litdata logs its cache budget at INFO for every dataset it opens (six per run), local ones too
 logging.getLogger("litdata.utilities.format").setLevel(logging.WARNING)
+
+
+class _EvalDropLastNote(logging.Filter):
+    """litdata warns under DDP whenever drop_last is off, that collectives may hang on uneven
+    batches; the evaluation loaders turn it off on purpose (no collective per step there)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "disabled the `drop_last` option" not in record.getMessage()
+
+
+logging.getLogger("litdata.streaming.dataset").addFilter(_EvalDropLastNote())
 MANIFEST = "manifest.json"
 INDEX = "index.json"  # litdata's index of a split's chunks
 FORMAT = 1
@@ -571,8 +582,19 @@ class ShardDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ data
     @property
     def world_size(self) -> int:
+        """Processes the data is split over (litdata splits over every rank)."""
         trainer = self.trainer
-        return int(trainer.world_size) if trainer is not None else 1
+        if trainer is None:
+            return 1
+        kwargs = getattr(getattr(trainer, "strategy", None), "distributed_sampler_kwargs",
+                         None) or {}
+        if kwargs and int(kwargs["num_replicas"]) != int(trainer.world_size):
+            # trainer=towers: the two towers of a replica must see the same samples, but a
+            # StreamingDataset gives every rank its own
+            raise DatasetError("data=shards streams a different part of the data to every "
+                               "process, and the two towers of trainer=towers need the same "
+                               "batch: use trainer=ddp (or a folder/in-memory data config)")
+        return int(trainer.world_size)
 
     @property
     def per_device_batch_size(self) -> int:
