@@ -105,13 +105,14 @@ CREDENTIALS: dict[str, tuple[str, ...]] = {
     "s3": ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY", "AWS_PROFILE (a profile of "
            "~/.aws/credentials)", "AWS_WEB_IDENTITY_TOKEN_FILE (IRSA)",
            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI (ECS)", "data.storage_options="
-           "{aws_access_key_id: ..., aws_secret_access_key: ...}"),
+           "{aws_access_key_id: ..., aws_secret_access_key: ..., endpoint_url: ...} (boto3's "
+           "client arguments)"),
     "gs": ("GOOGLE_APPLICATION_CREDENTIALS (a service-account key file)",
            "gcloud auth application-default login "
-           "(~/.config/gcloud/application_default_credentials.json)",
-           "data.storage_options={token: <key file>}"),
+           "(~/.config/gcloud/application_default_credentials.json)"),
     "azure": ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_NAME and "
-              "AZURE_STORAGE_ACCOUNT_KEY", "data.storage_options={connection_string: ...}"),
+              "AZURE_STORAGE_ACCOUNT_KEY", "data.storage_options={account_url: ..., "
+              "credential: ...} (BlobServiceClient's arguments)"),
 }
 
 
@@ -180,8 +181,8 @@ def check_credentials(url: str, storage_options: Mapping[str, Any] | None = None
     """Refuse an object-store URL whose credentials cannot be found, naming what to set.
 
     Checks only what the store's client would look at first (environment variables, the usual
-    credential files, explicit ``data.storage_options``): no network access. Anonymous reads of
-    public buckets: ``data.storage_options={anon: true}`` (S3/GCS)."""
+    credential files; explicit ``data.storage_options``, passed to the store's client, are taken
+    as given): no network access."""
     env = os.environ if env is None else env
     home = Path.home() if home is None else home
     scheme = urlparse(url).scheme
@@ -206,9 +207,7 @@ def check_credentials(url: str, storage_options: Mapping[str, Any] | None = None
             "AZURE_STORAGE_ACCOUNT_NAME" in env and "AZURE_STORAGE_ACCOUNT_KEY" in env)
     if not found:
         ways = "; or ".join(CREDENTIALS[scheme])
-        raise DatasetError(f"data.path={url}: no {scheme}:// credentials found. Set {ways}"
-                           + ("; or data.storage_options={anon: true} for a public bucket"
-                              if scheme in ("s3", "gs") else ""))
+        raise DatasetError(f"data.path={url}: no {scheme}:// credentials found. Set {ways}")
 
 
 @functools.lru_cache(maxsize=16)
