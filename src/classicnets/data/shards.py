@@ -357,6 +357,7 @@ def write_shards(datamodule: Any, out: str | os.PathLike, *, data_config: Mappin
                  overwrite: bool = False) -> Manifest:
     """Write ``datamodule``'s train/val/test splits (exactly the splits it trains on) as litdata
     chunks under ``out`` (``litdata.optimize``), then the manifest."""
+    require_litdata()
     out = Path(out).expanduser()
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -400,6 +401,8 @@ def write_shards(datamodule: Any, out: str | os.PathLike, *, data_config: Mappin
 
 
 def _to_channels(image: Tensor, want: int) -> Tensor:
+    """One uint8 image to ``want`` channels, as the DataModule converts in-memory datasets
+    (grey → RGB by repetition, RGB → luminance)."""
     have = image.shape[0]
     if have == want:
         return image
@@ -446,6 +449,7 @@ class ShardSample:
 
 
 def collate_floats(samples: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Float samples of in-memory shards: ``(images, labels[, index])`` batches."""
     return tuple(default_collate(list(part)) for part in zip(*samples))
 
 
@@ -455,7 +459,18 @@ def _stack_uint8_with_extras(samples: list[tuple[Any, ...]]) -> tuple[Any, ...]:
                               for k in range(2, len(samples[0]))))
 
 
+def require_litdata() -> None:
+    """Shards need the ``shards`` extra; say so instead of an ImportError deep in a run."""
+    try:
+        import litdata  # noqa: F401
+    except ImportError:
+        raise DatasetError("data=shards and python src/shard.py need litdata: pip install "
+                           "'classicnets[shards]' (or pip install litdata)") from None
+
+
+@functools.cache
 def _streaming_loader_class() -> type:
+    """Defined on first use, so that importing this module needs no litdata."""
     from litdata import StreamingDataLoader
 
     class ShardLoader(StreamingDataLoader):
@@ -534,6 +549,7 @@ class ShardDataModule(L.LightningDataModule):
                           for k, v in distortion.items()}
         # storage options may hold secrets: never in a checkpoint's hyperparameters
         self.save_hyperparameters(ignore=["storage_options"], logger=False)
+        require_litdata()
         self.storage_options = dict(storage_options or {})
         self.path = str(path)
         if batch_size < 1:
