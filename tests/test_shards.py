@@ -410,13 +410,10 @@ def test_a_restored_loader_serves_the_rest_of_its_epoch(digits) -> None:
     assert _ids(again) == epoch1  # then the next epoch as an uninterrupted run has it
 
 
-@pytest.mark.slow
-def test_ddp_sim_sees_every_sample_once_per_epoch_across_ranks(tmp_path: Path) -> None:
-    script = REPO / "tests" / "scripts" / "ddp_shard_ids.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+SHARD_IDS = REPO / "tests" / "scripts" / "ddp_shard_ids.py"
+
+
+def _check_once_per_epoch(tmp_path: Path) -> None:
     n = json.loads((tmp_path / "n_train.json").read_text())
     orders = []
     for epoch in (0, 1):
@@ -426,6 +423,48 @@ def test_ddp_sim_sees_every_sample_once_per_epoch_across_ranks(tmp_path: Path) -
         assert not set(r0) & set(r1) and sorted(r0 + r1) == list(range(n))
         orders.append(r0)
     assert orders[0] != orders[1]  # reshuffled
+
+
+@pytest.mark.slow
+def test_ddp_sim_sees_every_sample_once_per_epoch_across_ranks(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(SHARD_IDS), str(tmp_path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_once_per_epoch(tmp_path)
+
+
+@pytest.mark.slow
+def test_two_nodes_see_every_sample_once_per_epoch(tmp_path: Path) -> None:
+    """2 "nodes" of 1 process each, started by torchrun on the loopback address."""
+    import socket
+
+    src = ImageDataModule("synthetic", num_classes=4, num_samples=80, seed=3)
+    write_shards(src, tmp_path / "shards", data_config={"name": "synthetic"})
+    (tmp_path / "n_train.json").write_text(json.dumps(len(src.train_set)))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    procs, logs = [], []
+    try:
+        for node in (0, 1):
+            logs.append(tmp_path / f"node{node}.log")
+            with open(logs[-1], "w") as out:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
+                     f"--node_rank={node}", "--nproc_per_node=1", "--master_addr=127.0.0.1",
+                     f"--master_port={port}", str(SHARD_IDS), str(tmp_path), "nodes"],
+                    cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT))
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
+    _check_once_per_epoch(tmp_path)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
