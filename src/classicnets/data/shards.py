@@ -576,8 +576,9 @@ class ShardDataModule(L.LightningDataModule):
             mean_ = [sum(mean_) / len(mean_)] * self.in_channels
             std_ = [sum(std_) / len(std_)] * self.in_channels
         self.mean, self.std = tuple(mean_), tuple(std_)
-        self.resize_size = int(resize_size or (m.resize_size if m.kind == "folder" and
-                                               image_size is None else 0)
+        # the source's evaluation resize while the size is the source's, else the convention's
+        same = m.kind == "folder" and self.image_size == m.image_size
+        self.resize_size = int(resize_size or (m.resize_size if same else None)
                                or eval_resize(self.image_size))
         if self.resize_size < self.image_size:
             raise DatasetError(f"data.resize_size={resize_size} is below data.image_size="
