@@ -100,3 +100,14 @@ def write_image_folder(base: Path, classes: tuple[str, ...] = ("cat", "dog", "fo
                 arr[..., ci % 3] = 255  # class-coloured so a network could learn it
                 ext = "png" if i % 2 else "jpg"
                 Image.fromarray(arr).save(d / f"{i}.{ext}")
+
+
+def write_tiny_shards(out: Path, num_samples: int = 40) -> Path:
+    """`<out>/{manifest.json,train,val,test}`: litdata shards (python src/shard.py's format) of
+    the synthetic dataset, 32-px RGB, 10 classes."""
+    from classicnets.data import ImageDataModule
+    from classicnets.data.shards import write_shards
+
+    dm = ImageDataModule("synthetic", num_samples=num_samples, num_classes=10)
+    write_shards(dm, out, data_config={"name": "synthetic", "num_samples": num_samples})
+    return out

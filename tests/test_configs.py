@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from classicnets.training.optim import build_scheduler
+from formats import write_tiny_shards
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MakeCfg = Callable[..., DictConfig]
@@ -27,7 +28,7 @@ def _resolve(cfg: DictConfig) -> dict:
 def test_groups_have_the_documented_options() -> None:
     expected = {
         "data": {"digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagenet",
-                 "imagefolder", "synthetic"},
+                 "imagefolder", "synthetic", "shards"},
         "trainer": {"default", "cpu", "gpu", "mps", "ddp", "ddp_sim", "towers", "towers_sim"},
         "optimizer": {"sgd", "adam", "adamw", "rmsprop", "lamb", "lars"},
         "scheduler": {"cosine", "step", "multistep", "onecycle", "plateau", "none"},
@@ -43,6 +44,8 @@ def test_groups_have_the_documented_options() -> None:
 @pytest.mark.parametrize("name", _options("data"))
 def test_data_options(name: str, make_cfg: MakeCfg, tmp_path: Path) -> None:
     extra = [f"data.path={tmp_path}"] if name == "imagefolder" else []
+    if name == "shards":  # classes and sizes from the shards' manifest
+        extra = [f"data.path={write_tiny_shards(tmp_path / 'shards')}"]
     cfg = make_cfg(f"data={name}", *extra)
     _resolve(cfg)
     dm = instantiate(cfg.data)

@@ -21,10 +21,17 @@ def _register_resolvers() -> None:
         (FixRes' 176 px training crop at 224), at the same ratio for this dataset's size."""
         return max(1, round(int(size) * int(numerator) / int(denominator)))
 
+    def shards(key: str, *, _root_: Any) -> Any:
+        from classicnets.data.shards import manifest_setting
+
+        return manifest_setting(key, _root_)
+
     if not OmegaConf.has_resolver("pretrained"):
         OmegaConf.register_new_resolver("pretrained", pretrained)
     if not OmegaConf.has_resolver("scale_size"):
         OmegaConf.register_new_resolver("scale_size", scale_size)
+    if not OmegaConf.has_resolver("shards"):  # ${shards:<key>}: conf/data/shards.yaml
+        OmegaConf.register_new_resolver("shards", shards)
 
 
 _register_resolvers()

@@ -1,6 +1,6 @@
 """Console scripts (`classicnets-train`, `-eval`, `-benchmark`, `-predict`, `-export`,
-`-report`, `-visualize`, `-plots`, `-checkpoint`): the top of the import graph; nothing in the
-package imports this module."""
+`-report`, `-visualize`, `-plots`, `-checkpoint`, `-shard`): the top of the import graph;
+nothing in the package imports this module."""
 
 from __future__ import annotations
 
@@ -97,6 +97,12 @@ def _report(cfg: DictConfig) -> None:
     run_report(cfg)
 
 
+def _shard(cfg: DictConfig) -> None:
+    from classicnets.data.shards import shard_dataset
+
+    shard_dataset(cfg)
+
+
 def _is_sweep(path: Path) -> bool:
     return any(p.is_dir() and p.name.isdigit() for p in path.iterdir())
 
@@ -180,5 +186,6 @@ predict_main = _hydra_entry("predict", _predict)
 export_main = _hydra_entry("export", _export)
 report_main = _hydra_entry("report", _report)
 visualize_main = _hydra_entry("visualize", _visualize)
+shard_main = _hydra_entry("shard", _shard)
 __all__ = ["benchmark_main", "checkpoint_main", "eval_main", "export_main", "plots_main",
-           "predict_main", "report_main", "train_main", "visualize_main"]
+           "predict_main", "report_main", "shard_main", "train_main", "visualize_main"]

@@ -24,6 +24,13 @@ from classicnets.data.decode import (
     uint8_folder_transform,
 )
 from classicnets.data.fast import DeviceLoader, pair_to_device
+from classicnets.data.gpu_decode import (
+    GpuBatchDecoder,
+    GpuDecodeLoader,
+    collate_encoded,
+    read_encoded,
+    require_cuda,
+)
 from classicnets.data.policies import AugmentPolicy
 from classicnets.data.repeated import RepeatedAugmentationSampler
 from classicnets.data.transforms import (
@@ -109,7 +116,8 @@ class ImageDataModule(L.LightningDataModule):
     ``decoder`` (folder datasets): ``torchvision`` decodes with ``torchvision.io`` and augments
     uint8 tensors in the workers, then normalises whole batches on the training device (the
     CPU included; :mod:`classicnets.data.decode`); ``pil`` is the ordinary
-    per-image PIL path; ``auto`` (default) is ``torchvision``.
+    per-image PIL path; ``gpu`` decodes JPEG batches with nvJPEG and augments them on the GPU
+    (CUDA only; :mod:`classicnets.data.gpu_decode`); ``auto`` (default) is ``torchvision``.
     ``augment``: true = the dataset's standard recipe, false = none, or a recipe name for
     in-memory data (``distort``: random affine distortions shaped by ``distortion``).
     On top of it, training may add ``policy`` (none, trivialaugment, randaugment, autoaugment,
@@ -173,6 +181,8 @@ class ImageDataModule(L.LightningDataModule):
         if decoder != "auto" and spec.in_memory:
             raise DatasetError(f"data.decoder={decoder} applies to image folders; {name} is held "
                                "in memory: remove the override (or use data.decoder=auto)")
+        if decoder == "gpu":
+            require_cuda()  # refused before training, naming data.decoder=torchvision
         # the image-file decoder of folder datasets (None: in memory, nothing to decode)
         self.decoder = None if spec.in_memory else ("torchvision" if decoder == "auto"
                                                     else decoder)
@@ -370,7 +380,9 @@ class ImageDataModule(L.LightningDataModule):
                             image_size=self.train_crop_size if train else self.image_size,
                             in_channels=self.in_channels, resize_size=self.resize_size)
             policy = self.policy if train else None
-            if self.decoder == "torchvision":  # uint8 out; normalised per batch (_loader)
+            if self.decoder == "gpu":  # file bytes out; decoded + augmented per batch (_loader)
+                tf, read = None, read_encoded
+            elif self.decoder == "torchvision":  # uint8 out; normalised per batch (_loader)
                 tf, read = uint8_folder_transform(**geometry, policy=policy), read_rgb
             else:
                 tf = folder_transform(**geometry, mean=self.mean, std=self.std, policy=policy,
@@ -479,6 +491,15 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=workers > 0 and self.hparams.persistent_workers,
             generator=torch.Generator().manual_seed(self.hparams.seed) if train else None,
         )
+        if self.decoder == "gpu":  # JPEG bytes, decoded in batches on the GPU (gpu_decode.py)
+            gpu = GpuBatchDecoder(train=train and bool(self.hparams.augment),
+                                  image_size=size, in_channels=self.in_channels,
+                                  resize_size=self.resize_size, mean=self.mean, std=self.std,
+                                  channels_last=self.hparams.channels_last,
+                                  device=self._device(), **extras,
+                                  seed=self.hparams.seed * 4099 + self._replica()[1])
+            return GpuDecodeLoader(data, finish=gpu, device=self._device(),
+                                   collate_fn=collate_encoded, **kwargs)
         if self.decoder == "torchvision":  # uint8 samples, normalised per batch
             finish = BatchNormalize(self.mean, self.std, channels_last=self.hparams.channels_last,
                                     random_erasing=extras["random_erasing"],

@@ -48,8 +48,9 @@ __all__ = [
     "uint8_folder_transform",
 ]
 
-# auto: torchvision for folder datasets; pil: the ordinary per-image PIL path
-DECODERS = ("auto", "torchvision", "pil")
+# auto: torchvision for folder datasets; pil: the ordinary per-image PIL path; gpu: JPEGs
+# decoded and augmented in batches on the GPU (classicnets.data.gpu_decode)
+DECODERS = ("auto", "torchvision", "pil", "gpu")
 
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec and warns at every call;
 # they are still the fastest CPU decoders a torchvision install carries, and the PIL fallback

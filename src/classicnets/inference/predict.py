@@ -93,7 +93,8 @@ def _saved_data(path: Path, trust: bool | None
     """(the DataModule's saved state, its saved hyper-parameters) from a checkpoint, without
     reading the weights again (memory-mapped)."""
     raw = load_file(path, trust=trust, mmap=True)
-    state = raw.get(ImageDataModule.__qualname__) or {}
+    # Lightning saves a DataModule's state under its class name (data=shards: ShardDataModule)
+    state = raw.get(ImageDataModule.__qualname__) or raw.get("ShardDataModule") or {}
     hparams = raw.get(ImageDataModule.CHECKPOINT_HYPER_PARAMS_KEY) or {}
     del raw
     return state, hparams

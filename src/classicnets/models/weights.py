@@ -937,7 +937,9 @@ def _checkpoint_preprocessing(path: str, mtime: float) -> Preprocessing | None:
     from classicnets.data.catalogue import get_spec
 
     ckpt = load_file(path, mmap=True)
-    saved = (ckpt.get("ImageDataModule") or {}).get("eval_transform")
+    # Lightning saves a DataModule's state under its class name (data=shards: ShardDataModule)
+    saved = (ckpt.get("ImageDataModule") or ckpt.get("ShardDataModule") or {}).get(
+        "eval_transform")
     if saved:
         return Preprocessing(int(saved["image_size"]), int(saved["resize_size"]),
                              tuple(saved["mean"]), tuple(saved["std"]),

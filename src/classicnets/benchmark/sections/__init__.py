@@ -16,6 +16,7 @@ from classicnets.benchmark.sections import (
     decode,
     epoch,
     memory,
+    shards,
     template,
     towers,
     twins,
@@ -33,6 +34,7 @@ REGISTRY: dict[str, Callable[[Context], SectionReport]] = {
     "towers": towers.measure,
     "decode": decode.measure,
     "memory": memory.measure,
+    "shards": shards.measure,
 }
 
 SECTIONS = tuple(REGISTRY)
