@@ -148,7 +148,7 @@ class ImageDataModule(L.LightningDataModule):
                           for k, v in distortion.items()}
         super().__init__()
         self.save_hyperparameters(logger=False)  # the run logs the full config itself
-        self.spec: DatasetSpec = get_spec(name)
+        self.spec: DatasetSpec = self.dataset_spec(name)
         spec = self.spec
         if loader not in LOADERS:
             raise DatasetError(f"data.loader={loader!r} is not one of {', '.join(LOADERS)}")
@@ -210,6 +210,12 @@ class ImageDataModule(L.LightningDataModule):
         self.val_set: ArrayData | Dataset | None = None
         self.test_set: ArrayData | Dataset | None = None
         self.classes: list[str] = []
+
+    def dataset_spec(self, name: str) -> DatasetSpec:
+        """The facts about the dataset ``name``: its catalogue entry here; the DataModules of
+        other sources (:mod:`classicnets.data.torchvision_sets`,
+        :mod:`classicnets.data.huggingface`) describe theirs."""
+        return get_spec(name)
 
     # ------------------------------------------------------------------ preparation
     def prepare_data(self) -> None:
