@@ -19,9 +19,9 @@ def data_info(key: str, data_cfg: Any) -> Any:
         raise DatasetError(f"${{data_info:{key}}}: known keys are {', '.join(KEYS)}")
     target = str(data_cfg.get("_target_", ""))
     if target.endswith("TorchvisionDataModule"):
-        from classicnets.data.torchvision_sets import describe
-
         from omegaconf import OmegaConf
+
+        from classicnets.data.torchvision_sets import describe
 
         options = data_cfg.get("options")
         options = OmegaConf.to_container(options, resolve=True) if options is not None else {}
