@@ -265,8 +265,10 @@ class _Opener:
         """Keyword arguments of train/val/test (``None``: not defined by the dataset)."""
         if self.known is not None and (self.known.splits or not (
                 {"train", "split"} & self.args)):
-            return {s: dict(self.known.splits[s]) if s in self.known.splits else None
-                    for s in ("train", "val", "test")}
+            found = {s: dict(self.known.splits[s]) if s in self.known.splits else None
+                     for s in ("train", "val", "test")}
+            found["train"] = found["train"] or {}  # one split: the dataset itself
+            return found
         if "train" in self.args and self.name != "EMNIST":
             return {"train": {"train": True}, "val": None, "test": {"train": False}}
         if "split" in self.args:
