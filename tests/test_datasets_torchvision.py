@@ -188,7 +188,7 @@ def test_eurosat_folder_single_split_holds_out_a_fixed_test_split(tmp_path: Path
     assert len({bytes(im.flatten().numpy()) for im in every}) == 30  # a partition of all 30
     # the tensors hold the decoded JPEGs themselves
     with Image.open(tmp_path / "eurosat/2750/AnnualCrop/AnnualCrop_1.jpg") as im:
-        first = torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1)
+        first = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
     assert any(torch.equal(first, im) for im in every)
 
 
