@@ -180,6 +180,22 @@ def test_streaming_splits_between_ranks_and_reshuffles_each_epoch(tmp_path: Path
     assert again[0] + again[1] != seen[0] + seen[1]
 
 
+def test_streaming_ranks_get_equal_shares_when_the_size_is_known(tmp_path: Path) -> None:
+    """A hub dataset's metadata gives its split sizes: 41 examples, 8 for validation, leave
+    33, and each of 2 ranks streams 16 (DDP ranks must run the same steps)."""
+    path = write_parquet(tmp_path / "data" / "train.parquet", 41)
+    counts = {}
+    for rank in (0, 1):
+        dm = _dm(path, tmp_path, streaming=True, val_samples=8, batch_size=4)
+        stream = dm.described.splits["train"]
+        stream.info.splits = datasets.SplitDict(
+            {"train": datasets.SplitInfo("train", num_examples=41)})
+        dm.trainer = _Trainer(rank, 2)  # type: ignore[assignment]
+        dm.setup("fit")
+        counts[rank] = (len(_ids(dm.train_set)), len(_ids(dm.val_set)))
+    assert counts == {0: (16, 4), 1: (16, 4)}
+
+
 def test_streaming_from_save_to_disk_with_its_validation_split(tmp_path: Path) -> None:
     path = write_saved(tmp_path / "saved", {"train": 10, "validation": 5})
     dm = _dm(path, tmp_path, streaming=True)

@@ -296,6 +296,16 @@ def _label_names(feats: Mapping[str, Any], label: str, train: Any, streaming: bo
                        f"(columns: {_describe_columns(feats)})")
 
 
+def known_count(ds: Any) -> int | None:
+    """The number of examples of a (streamed) split where its metadata records it."""
+    splits = getattr(getattr(ds, "info", None), "splits", None)
+    name = str(getattr(ds, "split", "") or "")
+    if not splits or name not in splits:
+        return None
+    count = getattr(splits[name], "num_examples", None)
+    return int(count) if count else None
+
+
 def _map_splits(splits: Mapping[str, Any], name: str) -> dict[str, str | None]:
     """Our train/val/test → the dataset's split names (None: drawn from train)."""
     keys = list(splits)
@@ -510,16 +520,37 @@ class HuggingFaceDataModule(ImageDataModule):
 
         self._set_stats(first_images)
         train = train.shuffle(seed=h.seed, buffer_size=h.shuffle_buffer)
+        # examples per split where the dataset's metadata says (hub datasets): every rank is
+        # cut to the same number, so DDP ranks run the same steps and none waits forever
+        n_train = known_count(d.splits[d.names["train"]])
+        if d.names["val"] is None:
+            n_val: int | None = h.val_samples
+            n_train = None if n_train is None else max(0, n_train - h.val_samples)
+        else:
+            n_val = known_count(val)
+        n_test = known_count(test) if test is not None else None
 
-        def shard(ds: Any) -> Any:
-            return split_dataset_by_node(ds, rank=rank, world_size=world) if world > 1 else ds
+        def shard(ds: Any, count: int | None) -> Any:
+            if world == 1:
+                return ds
+            part = split_dataset_by_node(ds, rank=rank, world_size=world)
+            if count is None:
+                return part
+            # datasets deals out whole shards where their number divides by the world size
+            # (take() then counts this rank's examples; equal shares need equal shards), else
+            # every world-th example (take() counts them before they are dealt out)
+            by_shards = ds.num_shards % world == 0
+            return part.take(count // world if by_shards else count // world * world)
 
-        self.train_set = StreamSplit(shard(train), d.image, d.label, d.to_index,
+        self.train_set = StreamSplit(shard(train, n_train), d.image, d.label, d.to_index,
                                      self._transform(True))
-        self.val_set = StreamSplit(shard(val), d.image, d.label, d.to_index,
+        self.val_set = StreamSplit(shard(val, n_val), d.image, d.label, d.to_index,
                                    self._transform(False))
         self.test_set = self.val_set if test is None else StreamSplit(
-            shard(test), d.image, d.label, d.to_index, self._transform(False))
+            shard(test, n_test), d.image, d.label, d.to_index, self._transform(False))
+        if world > 1 and n_train is None:
+            log.warning("%s: the stream's size is unknown (no split sizes in its metadata); "
+                        "DDP ranks may get one batch more or fewer than each other", h.name)
 
     def _loader(self, data: Any, train: bool) -> Any:
         if not isinstance(data, StreamSplit):
