@@ -15,12 +15,12 @@ import torch
 
 pytest.importorskip("datasets")
 
-import datasets  # noqa: E402
+import datasets
 
-from classicnets.data import DatasetError, HuggingFaceDataModule  # noqa: E402
-from classicnets.data.huggingface import StreamSplit  # noqa: E402
-from formats import write_image_folder  # noqa: E402
-from formats_hf import CLASSES, tiny_dataset, write_parquet, write_saved  # noqa: E402
+from classicnets.data import DatasetError, HuggingFaceDataModule
+from classicnets.data.huggingface import StreamSplit
+from formats import write_image_folder
+from formats_hf import CLASSES, tiny_dataset, write_parquet, write_saved
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -179,7 +179,7 @@ def test_eurosat_folder_single_split_holds_out_a_fixed_test_split(tmp_path: Path
         sets[seed] = dm
         assert dm.spec.in_memory and dm.loader == "fast" and dm.classes == list(EUROSAT)
         assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (22, 2, 6)
-        x, y = _batch(dm.train_dataloader())
+        x, _ = _batch(dm.train_dataloader())
         assert x.shape == (4, 3, 64, 64)
     a, b = sets[1], sets[2]
     assert torch.equal(a.test_set.images, b.test_set.images)  # the same test images every seed
@@ -235,8 +235,8 @@ def test_oxford_pets_trainval_and_test_files(tmp_path: Path) -> None:
                                image_size=16, val_fraction=0.25, num_workers=0)
     dm.setup("fit")
     assert dm.classes[0] == "Breed Aa" and len(dm.classes) == 37 == len(breeds)
-    # trainval (74 lines) → train + a val_fraction cut; test.txt → test
-    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (56, 18, 37)  # round(74 · 0.25) = 18
+    # trainval (74 lines) → train + a val_fraction cut (round(74 · 0.25) = 18); test.txt → test
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (56, 18, 37)
     assert not set(dm.train_set.indices) & set(dm.val_set.indices)
     x, y = _batch(dm.test_dataloader())
     assert x.shape == (6, 3, 16, 16) and y.tolist() == [0, 1, 2, 3, 4, 5]
