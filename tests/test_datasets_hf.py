@@ -110,6 +110,16 @@ def test_columns_can_be_named(tmp_path: Path) -> None:
         _dm(tmp_path / "odd", tmp_path, image_column="photo", label_column="y")
 
 
+def test_of_several_class_label_columns_the_label_named_one_is_taken() -> None:
+    from classicnets.data.huggingface import find_columns
+
+    feats = datasets.Features({"img": datasets.Image(),
+                               "coarse_label": datasets.ClassLabel(names=["a", "b"]),
+                               "fine_label": datasets.ClassLabel(names=["c", "d", "e"])})
+    assert find_columns(feats, None, None, "cifar100-like") == ("img", "fine_label")
+    assert find_columns(feats, None, "coarse_label", "cifar100-like") == ("img", "coarse_label")
+
+
 def test_dataset_without_an_image_column_lists_its_columns(tmp_path: Path) -> None:
     ds = datasets.Dataset.from_dict(
         {"text": ["a", "b", "c"], "label": [0, 1, 0]},

@@ -173,7 +173,10 @@ def find_columns(feats: Mapping[str, Any], image_column: str | None, label_colum
                 raise DatasetError(f"data.{what}_column={given}: {name} has no such column; "
                                    f"its columns: {_describe_columns(feats)}")
             return given
-        found = typed(kind) or [c for c in names if c in feats]
+        # of several typed columns (CIFAR-100: fine_label, coarse_label) the best-named one
+        of_type = typed(kind)
+        found = sorted(of_type, key=lambda c: names.index(c) if c in names else len(names)) \
+            or [c for c in names if c in feats]
         if not found:
             raise DatasetError(
                 f"{name} has no {what} column (none of type {kind}, none named "
