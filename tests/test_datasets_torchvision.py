@@ -285,3 +285,16 @@ def test_missing_files_name_the_path_and_layout(tmp_path: Path) -> None:
 def test_unknown_option_is_named(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"\['partitoin'\].*its options: .*partition"):
         TorchvisionDataModule(dataset="DTD", root=tmp_path, options={"partitoin": 2})
+
+
+def test_in_memory_dataset_too_large_for_memory_is_refused(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    import classicnets.data.torchvision_sets as tvs
+
+    write_mnist(tmp_path, "KMNIST", n_train=60, n_test=20)
+    monkeypatch.setattr(tvs, "_available_memory", lambda: 60 * 784)  # half of it: 30 images
+    dm = TorchvisionDataModule(dataset="KMNIST", root=tmp_path, batch_size=8)
+    with pytest.raises(DatasetError, match=r"KMNIST train: 60 images of 1×28×28 need .* more "
+                                           r"than half .* available"):
+        dm.setup("fit")
