@@ -235,3 +235,11 @@ def test_train_cli_on_a_saved_dataset(tmp_path: Path) -> None:
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     state = ckpt["HuggingFaceDataModule"]
     assert state["classes"] == list(CLASSES) and state["dataset"] == str(path)
+
+
+def test_a_config_without_its_dataset_says_which_option_to_set(make_cfg: object) -> None:
+    from classicnets.runs.config_check import check_config
+
+    for config, option in (("huggingface", "data.name"), ("torchvision", "data.dataset")):
+        with pytest.raises(DatasetError, match=f"{option} is not set.*e.g. {option}="):
+            check_config(make_cfg(f"data={config}"))  # type: ignore[operator]

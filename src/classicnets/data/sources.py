@@ -17,10 +17,16 @@ def data_info(key: str, data_cfg: Any) -> Any:
     """``key`` of the dataset that ``data_cfg`` (a data config node) describes."""
     if key not in KEYS:
         raise DatasetError(f"${{data_info:{key}}}: known keys are {', '.join(KEYS)}")
-    target = str(data_cfg.get("_target_", ""))
-    if target.endswith("TorchvisionDataModule"):
-        from omegaconf import OmegaConf
+    from omegaconf import OmegaConf
 
+    target = str(data_cfg.get("_target_", ""))
+    what = "dataset" if target.endswith("TorchvisionDataModule") else "name"
+    # keys(), not `in`: a mandatory value (???) is not "in" a config
+    if what in data_cfg.keys() and OmegaConf.is_missing(data_cfg, what):  # noqa: SIM118
+        example = "KMNIST" if what == "dataset" else "uoft-cs/cifar10"
+        raise DatasetError(f"data.{what} is not set: name the dataset whose {key} this is, "
+                           f"e.g. data.{what}={example}")
+    if target.endswith("TorchvisionDataModule"):
         from classicnets.data.torchvision_sets import describe
 
         options = data_cfg.get("options")
