@@ -3,9 +3,9 @@ binaries, image folders, annotation files), read by torchvision's own dataset cl
 :class:`TorchvisionDataModule`.
 
 Not built here: STL-10 and Flowers-102, whose torchvision classes check the MD5 of the real
-files even with ``download=False`` (so no small stand-in passes), and Food-101, Caltech-101,
-FGVC-Aircraft and Imagenette, whose layouts are of the kinds tested (folders, annotation
-files); their configs are composed and built in tests/test_configs.py.
+files even with ``download=False`` (so no small stand-in passes), and Food-101 and
+Caltech-101, whose layouts are of the kinds tested (folders, annotation files); their configs
+are composed and built in tests/test_configs.py.
 """
 
 from __future__ import annotations
@@ -240,6 +240,44 @@ def test_oxford_pets_trainval_and_test_files(tmp_path: Path) -> None:
     assert not set(dm.train_set.indices) & set(dm.val_set.indices)
     x, y = _batch(dm.test_dataloader())
     assert x.shape == (6, 3, 16, 16) and y.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_fgvc_aircraft_annotation_level_sets_files_and_class_count(tmp_path: Path) -> None:
+    data = tmp_path / "fgvc-aircraft-2013b" / "data"
+    families = [f"Family {i}" for i in range(70)]
+    (data / "images").mkdir(parents=True)
+    (data / "families.txt").write_text("\n".join(families) + "\n")
+    for i in range(70):
+        _jpeg(data / "images" / f"{1000000 + i}.jpg", 22, 30, i)
+    for split, ids in (("train", range(70)), ("val", range(0, 70, 10)),
+                       ("test", range(5, 70, 10))):
+        (data / f"images_family_{split}.txt").write_text(
+            "".join(f"{1000000 + i} {families[i]}\n" for i in ids))
+    assert describe("FGVCAircraft")["num_classes"] == 100  # variants, by default
+    assert describe("FGVCAircraft", {"annotation_level": "manufacturer"})["num_classes"] == 30
+    dm = TorchvisionDataModule(dataset="FGVCAircraft", options={"annotation_level": "family"},
+                               root=tmp_path, batch_size=7, image_size=16, num_workers=0)
+    dm.setup("fit")
+    assert dm.num_classes == 70 and dm.classes == families
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (70, 7, 7)
+    _, y = _batch(dm.test_dataloader())
+    assert y.tolist() == list(range(5, 70, 10))
+
+
+def test_imagenette_val_folder_is_the_test_split(tmp_path: Path) -> None:
+    from torchvision.datasets import Imagenette
+
+    wnids = list(Imagenette._WNID_TO_CLASS)
+    for split, n in (("train", 3), ("val", 1)):
+        for c, wnid in enumerate(wnids):
+            for i in range(n):
+                _jpeg(tmp_path / "imagenette2-160" / split / wnid / f"{wnid}_{i}.JPEG", 24, 28,
+                      c * 5 + i)
+    dm = TorchvisionDataModule(dataset="Imagenette", options={"size": "160px"}, root=tmp_path,
+                               batch_size=5, image_size=16, num_workers=0)
+    dm.setup("fit")
+    assert dm.classes[0] == "tench" and len(dm.classes) == 10
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (27, 3, 10)
 
 
 def test_fakedata_without_files_any_class_count() -> None:

@@ -105,7 +105,7 @@ KNOWN: dict[str, KnownSet] = {
     "Imagenette": KnownSet(10, 3, 224, None, "imagenet",
                            "imagenette2/{train,val}/<wnid>/*.JPEG (data.options.size=320px: "
                            "imagenette2-320/, 160px: imagenette2-160/)",
-                           _split_kw(train="train", val="val"), _IMAGENET_STATS),
+                           _split_kw(train="train", test="val"), _IMAGENET_STATS),
     "Flowers102": KnownSet(102, 3, 224, None, "imagenet",
                            "flowers-102/{jpg/image_00001.jpg..., imagelabels.mat, setid.mat} "
                            "(torchvision checks the MD5s of the .mat files)",
@@ -408,6 +408,12 @@ def _describe(name: str, options: Mapping[str, Any], root: str, download: bool
               ) -> dict[str, int]:
     opener = _Opener(name, Path(root), options, download)
     known = opener.known
+    if name == "FGVCAircraft":  # the class count follows the annotation level
+        level = opener.options.get("annotation_level", "variant")
+        if level not in _ANNOTATION_CLASSES:
+            raise DatasetError(f"data.options.annotation_level={level!r}: choose one of "
+                               f"{', '.join(_ANNOTATION_CLASSES)}")
+        return {"num_classes": _ANNOTATION_CLASSES[level], "in_channels": 3, "image_size": 224}
     if known is not None and known.num_classes is not None:
         return {"num_classes": known.num_classes, "in_channels": known.in_channels,
                 "image_size": known.image_size}
