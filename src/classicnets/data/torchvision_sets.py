@@ -468,7 +468,12 @@ class TorchvisionDataModule(ImageDataModule):
     def __init__(self, name: str = "torchvision", *, dataset: str,
                  options: Mapping[str, Any] | None = None, test_fraction: float = 0.2,
                  **kwargs: Any) -> None:
-        options = {k: (list(v) if isinstance(v, (list, tuple)) else v)
+        from omegaconf import Container, OmegaConf
+
+        # plain containers: the hyper-parameters go into checkpoints (weights-only loading)
+        if isinstance(options, Container):
+            options = OmegaConf.to_container(options, resolve=True)  # type: ignore[assignment]
+        options = {str(k): (list(v) if isinstance(v, (list, tuple)) else v)
                    for k, v in dict(options or {}).items()}
         if not 0.0 < test_fraction < 1.0:
             raise DatasetError(f"data.test_fraction must be in (0, 1), got {test_fraction}")
