@@ -189,12 +189,18 @@ def test_a_wrong_type_or_argument_names_what_is_expected(make_cfg: MakeCfg, over
 
 def test_every_shipped_config_passes_the_check(make_cfg: MakeCfg, tmp_path: Path) -> None:
     from classicnets.runs.config_check import check_config
-    # data=shards reads its classes and sizes from the shards' manifest: it needs some
-    extra = {"shards": [f"data.path={write_tiny_shards(tmp_path / 'shards')}"]}
+    from formats_hf import write_parquet
+
+    # the configs whose class count is read from the dataset (or, data=shards, the shards'
+    # manifest) they must be told of
+    chosen = {"torchvision": ["data.dataset=FakeData"],
+              "huggingface": [f"data.name={write_parquet(tmp_path / 'tiny.parquet')}",
+                              f"data.cache_dir={tmp_path / 'hf'}"],
+              "shards": [f"data.path={write_tiny_shards(tmp_path / 'shards')}"]}
     for group in ("trainer", "logger", "optimizer", "data"):
         for option in sorted((REPO / "conf" / group).glob("*.yaml")):
-            check_config(make_cfg(f"{group}={option.stem}", *extra.get(option.stem, []),
-                                  *QUIET))
+            extra = chosen.get(option.stem, []) if group == "data" else []
+            check_config(make_cfg(f"{group}={option.stem}", *extra, *QUIET))
     for recipe in sorted((REPO / "conf" / "experiment").glob("*.yaml")):
         check_config(make_cfg(f"experiment={recipe.stem}", *QUIET, *_data_side_keys_absent(
             make_cfg(f"experiment={recipe.stem}"))))

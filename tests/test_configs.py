@@ -28,7 +28,9 @@ def _resolve(cfg: DictConfig) -> dict:
 def test_groups_have_the_documented_options() -> None:
     expected = {
         "data": {"digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagenet",
-                 "imagefolder", "synthetic", "shards"},
+                 "imagefolder", "synthetic", "shards", "torchvision", "huggingface", "stl10",
+                 "imagenette", "flowers102", "oxford_pets", "food101", "caltech101", "gtsrb",
+                 "eurosat", "emnist", "kmnist", "dtd", "fgvc_aircraft"},
         "trainer": {"default", "cpu", "gpu", "mps", "ddp", "ddp_sim", "towers", "towers_sim"},
         "optimizer": {"sgd", "adam", "adamw", "rmsprop", "lamb", "lars"},
         "scheduler": {"cosine", "step", "multistep", "onecycle", "plateau", "none"},
@@ -41,11 +43,21 @@ def test_groups_have_the_documented_options() -> None:
         assert set(_options(group)) == names, group
 
 
+def _parquet(tmp_path: Path) -> Path:
+    from formats_hf import write_parquet
+
+    return write_parquet(tmp_path / "tiny.parquet")
+
+
 @pytest.mark.parametrize("name", _options("data"))
 def test_data_options(name: str, make_cfg: MakeCfg, tmp_path: Path) -> None:
-    extra = [f"data.path={tmp_path}"] if name == "imagefolder" else []
-    if name == "shards":  # classes and sizes from the shards' manifest
-        extra = [f"data.path={write_tiny_shards(tmp_path / 'shards')}"]
+    extra = {"imagefolder": [f"data.path={tmp_path}"],
+             # a dataset that needs no files, and a local Parquet file (no hub access)
+             "torchvision": ["data.dataset=FakeData", "+data.options.size=20"],
+             "huggingface": [f"data.name={_parquet(tmp_path)}",
+                             f"data.cache_dir={tmp_path / 'hf'}"],
+             # classes and sizes from the shards' manifest
+             "shards": [f"data.path={write_tiny_shards(tmp_path / 'shards')}"]}.get(name, [])
     cfg = make_cfg(f"data={name}", *extra)
     _resolve(cfg)
     dm = instantiate(cfg.data)

@@ -7,8 +7,9 @@ __version__ = "0.1.0"
 
 def _register_resolvers() -> None:
     """``${pretrained:<key>,<default>}``: the data settings that follow ``model.pretrained``
-    (``conf/data/*.yaml``), and ``${scale_size:...}`` (``conf/recipe/*.yaml``); registered on
-    import so every composed config resolves."""
+    (``conf/data/*.yaml``), ``${scale_size:...}`` (``conf/recipe/*.yaml``), ``${shards:<key>}``
+    (``conf/data/shards.yaml``) and ``${data_info:<key>}``: what a dataset of another source says
+    of itself; registered on import so every composed config resolves."""
     from omegaconf import OmegaConf
 
     def pretrained(key: str, default: Any = None, *, _root_: Any) -> Any:
@@ -26,12 +27,21 @@ def _register_resolvers() -> None:
 
         return manifest_setting(key, _root_)
 
+    def data_info(key: str, *, _parent_: Any) -> Any:
+        from classicnets.data.sources import data_info as info
+
+        return info(key, _parent_)
+
     if not OmegaConf.has_resolver("pretrained"):
         OmegaConf.register_new_resolver("pretrained", pretrained)
     if not OmegaConf.has_resolver("scale_size"):
         OmegaConf.register_new_resolver("scale_size", scale_size)
     if not OmegaConf.has_resolver("shards"):  # ${shards:<key>}: conf/data/shards.yaml
         OmegaConf.register_new_resolver("shards", shards)
+    # ${data_info:num_classes|in_channels|image_size}: read from the dataset a data config
+    # names (data=torchvision, data=huggingface), which only the dataset itself knows
+    if not OmegaConf.has_resolver("data_info"):
+        OmegaConf.register_new_resolver("data_info", data_info)
 
 
 _register_resolvers()

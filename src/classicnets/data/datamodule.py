@@ -169,7 +169,13 @@ class ImageDataModule(L.LightningDataModule):
             policy_options = {str(k): v for k, v in dict(policy_options).items()}
         super().__init__()
         self.save_hyperparameters(logger=False)  # the run logs the full config itself
-        self.spec: DatasetSpec = get_spec(name)
+        # a subclass's own **kwargs reach the hyperparameters too (Lightning collects every
+        # __init__ frame of the hierarchy), as Hydra gave them: keep the plain versions
+        for key, plain in (("mean", mean), ("std", std), ("distortion", distortion),
+                           ("policy_options", policy_options)):
+            if key in self.hparams:
+                self.hparams[key] = plain
+        self.spec: DatasetSpec = self.dataset_spec(name)
         spec = self.spec
         if loader not in LOADERS:
             raise DatasetError(f"data.loader={loader!r} is not one of {', '.join(LOADERS)}")
@@ -263,6 +269,12 @@ class ImageDataModule(L.LightningDataModule):
         self.val_set: ArrayData | Dataset | None = None
         self.test_set: ArrayData | Dataset | None = None
         self.classes: list[str] = []
+
+    def dataset_spec(self, name: str) -> DatasetSpec:
+        """The facts about the dataset ``name``: its catalogue entry here; the DataModules of
+        other sources (:mod:`classicnets.data.torchvision_sets`,
+        :mod:`classicnets.data.huggingface`) describe theirs."""
+        return get_spec(name)
 
     # ------------------------------------------------------------------ preparation
     def prepare_data(self) -> None:

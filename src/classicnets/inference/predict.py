@@ -93,8 +93,12 @@ def _saved_data(path: Path, trust: bool | None
     """(the DataModule's saved state, its saved hyper-parameters) from a checkpoint, without
     reading the weights again (memory-mapped)."""
     raw = load_file(path, trust=trust, mmap=True)
-    # Lightning saves a DataModule's state under its class name (data=shards: ShardDataModule)
-    state = raw.get(ImageDataModule.__qualname__) or raw.get("ShardDataModule") or {}
+    # Lightning files it under the DataModule's class name: ImageDataModule, a subclass of it
+    # (TorchvisionDataModule, HuggingFaceDataModule) or ShardDataModule, whose states have
+    # the same keys
+    state = raw.get(ImageDataModule.__qualname__) or next(
+        (v for k, v in raw.items() if isinstance(k, str) and k.endswith("DataModule")
+         and isinstance(v, Mapping) and "eval_transform" in v), {})
     hparams = raw.get(ImageDataModule.CHECKPOINT_HYPER_PARAMS_KEY) or {}
     del raw
     return state, hparams
