@@ -29,10 +29,10 @@ from classicnets.runs.sweep import (
     _grid_params,
     check_sweep,
     metric_direction,
-    open_study,
     summarise_study,
     summarise_sweep,
 )
+from classicnets.runs.study import open_study
 from hydra_plugins.classicnets_optuna_sweeper.trial_sweeper import trial_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +159,7 @@ def _job(sweep: Path, num: int, overrides: list[str], metrics: dict[str, float] 
 def test_study_summary_lists_every_trial_and_marks_the_best(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
-    log_lr = optuna.distributions.LogUniformDistribution(1e-3, 1.0)
+    log_lr = optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)
     batch = optuna.distributions.CategoricalDistribution([32, 64])
     for n, acc in enumerate([0.9, 0.95, None]):
         trial = study.ask({"optimizer.lr": log_lr, "data.batch_size": batch})
