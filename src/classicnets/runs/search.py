@@ -118,7 +118,10 @@ class _Search:
             raise SweepConfigError("hydra.sweeper.params is empty and the command line sweeps "
                                    "nothing: there is nothing to search")
         self.pruner_name = str(sweeper.get("pruner") or "none")
-        pruner = make_pruner(self.pruner_name, sweeper.get("pruner_args"))
+        args = sweeper.get("pruner_args")
+        self.pruner_args: dict[str, Any] = (
+            OmegaConf.to_container(args, resolve=True) if isinstance(args, DictConfig) else {})
+        pruner = make_pruner(self.pruner_name, self.pruner_args)
         self.url = str(sweeper.storage) if sweeper.get("storage") else None
         self.name = str(sweeper.get("study_name") or "search")
         if self.pruner_name != "none":
@@ -186,8 +189,7 @@ class _Search:
         overrides.append(f"hydra.sweep.subdir={trial.number}")
         if self.url:
             overrides += trial_env(self.url, self.name, trial.number, self.pruner_name,
-                                   OmegaConf.to_container(self.config.hydra.sweeper.get(
-                                       "pruner_args") or {}, resolve=True))
+                                   self.pruner_args)
         with self.lock:
             self.in_flight[trial.number] = trial
         try:
