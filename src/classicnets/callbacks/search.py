@@ -41,6 +41,17 @@ __all__ = ["OptunaTrialReport"]
 log = logging.getLogger(__name__)
 
 
+def _storage_url() -> str:
+    """The study's storage: the job's own ``hydra.sweeper.storage`` (the sweeper does not put
+    the URL, which may hold a password, in the job's logged overrides)."""
+    url = os.environ.get(ENV_STORAGE)
+    if url:
+        return url
+    from hydra.core.hydra_config import HydraConfig
+
+    return str(HydraConfig.get().sweeper.storage)
+
+
 class OptunaTrialReport(Callback):
     """Report ``monitor`` to this job's Optuna trial after every validation (step: the number
     of validations so far) and stop training when the trial should be pruned.
@@ -67,7 +78,7 @@ class OptunaTrialReport(Callback):
             return
         import optuna
 
-        storage = open_storage(os.environ[ENV_STORAGE])
+        storage = open_storage(_storage_url())
         pruning = json.loads(os.environ.get(ENV_PRUNER) or '{"name": "none"}')
         study = optuna.load_study(study_name=os.environ[ENV_STUDY], storage=storage,
                                   pruner=make_pruner(pruning.get("name"), pruning.get("args")))

@@ -188,7 +188,7 @@ class _Search:
         overrides = trial_overrides(params, self.fixed)
         overrides.append(f"hydra.sweep.subdir={trial.number}")
         if self.url:
-            overrides += trial_env(self.url, self.name, trial.number, self.pruner_name,
+            overrides += trial_env(self.name, trial.number, self.pruner_name,
                                    self.pruner_args)
         with self.lock:
             self.in_flight[trial.number] = trial

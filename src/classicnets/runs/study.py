@@ -30,7 +30,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from classicnets.runs.sweep import METRIC_ATTR
 from classicnets.studies import (
     ENV_PRUNER,
-    ENV_STORAGE,
     ENV_STUDY,
     ENV_TRIAL,
     SweepConfigError,
@@ -178,13 +177,14 @@ def check_objectives(cfg: DictConfig) -> tuple[list[str], list[str]]:
     return metrics, directions
 
 
-def trial_env(storage: str, study_name: str, number: int, pruner: str = "none",
+def trial_env(study_name: str, number: int, pruner: str = "none",
               pruner_args: Mapping[str, Any] | None = None) -> list[str]:
     """Overrides that hand a trial's job its study, trial number and pruner (environment
     variables Hydra sets for the job, inherited by every process it starts)."""
     pruning = json.dumps({"name": pruner, "args": dict(pruner_args or {})}, sort_keys=True)
-    return [f"++hydra.job.env_set.{ENV_STORAGE}='{storage}'",
-            f"++hydra.job.env_set.{ENV_STUDY}='{study_name}'",
+    # not the storage URL: it may hold a password, and the launcher logs every override; the
+    # job reads it from its own hydra.sweeper.storage
+    return [f"++hydra.job.env_set.{ENV_STUDY}='{study_name}'",
             f"++hydra.job.env_set.{ENV_TRIAL}='{number}'",
             f"++hydra.job.env_set.{ENV_PRUNER}='{pruning}'"]
 
