@@ -203,9 +203,18 @@ class _Search:
         finally:
             with self.lock:
                 self.in_flight.pop(trial.number, None)
-        if self.url and trial.user_attrs.get(PRUNED_ATTR) is not None:
-            raise optuna.TrialPruned(f"pruned after epoch {trial.user_attrs[PRUNED_ATTR]}")
+        pruned = self._attrs(trial.number).get(PRUNED_ATTR) if self.url else None
+        if pruned is not None:
+            raise optuna.TrialPruned(f"pruned after epoch {pruned}")
         return self._values(trial.number, value)
+
+    def _attrs(self, number: int) -> dict[str, Any]:
+        """A trial's user attributes as its job left them, read from the storage itself (the
+        trial object here caches what this process wrote)."""
+        storage = self.storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(self.name), number)
+        return dict(storage.get_trial_user_attrs(trial_id))
 
     def _values(self, number: int, value: Any) -> Any:
         many = len(self.directions) > 1
