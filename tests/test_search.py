@@ -73,7 +73,13 @@ def test_search_configs_name_real_keys_and_a_stable_study(name: str, make_cfg: M
     assert sweeper.study_name == name and sweeper.params
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
     assert sweeper.sampler.seed == cfg.seed  # seeded
-    assert sweeper.direction == metric_direction(cfg.optimized_metric)
+    if isinstance(cfg.optimized_metric, str):
+        assert sweeper.direction == metric_direction(cfg.optimized_metric)
+    else:  # several objectives: a direction each, the accuracy's to maximise
+        assert len(sweeper.direction) == len(cfg.optimized_metric) >= 2
+        assert [metric_direction(m) or d for m, d in zip(cfg.optimized_metric,
+                                                         sweeper.direction)] == list(
+            sweeper.direction)
     # a relaunch finds the same study: no launch time in the sweep dir, the database in it
     raw = OmegaConf.to_container(cfg.hydra, resolve=False)
     assert raw["sweep"]["dir"] == "${paths.log_dir}/${task_name}/search/${hydra.sweeper.study_name}"
