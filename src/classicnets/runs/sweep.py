@@ -427,7 +427,8 @@ def summarise_study(sweep_dir: Path, storage: str, study_name: str,
         header.append(f"Pareto front ({len(best)} of {len(complete)} complete trials, "
                       f"column pareto): trials {', '.join(str(n) for n in sorted(best))}")
     value_fields = ["value", "best"] if len(directions) == 1 else [*metrics, "pareto"]
-    fields = ["trial", "state", *value_fields, *params, "epochs", *COLUMNS, "duration_s"]
+    fields = ["trial", "state", *value_fields, *params, "epochs",
+              *(c for c in COLUMNS if c not in value_fields), "duration_s"]
     _write_tables(sweep_dir, fields, rows, header)
     pruned = [t for t in trials if t.state == State.PRUNED and t.value is not None]
     if len(directions) == 1 and (complete or pruned):
