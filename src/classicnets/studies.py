@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None,
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     callback = (optuna.storages.RetryFailedTrialCallback(max_retry=retries)
                 if heartbeat_interval and retries else None)
-    try:
+    def make() -> Any:
         return optuna.storages.RDBStorage(
             url, heartbeat_interval=heartbeat_interval or None,
             grace_period=grace_period if heartbeat_interval else None,
@@ -119,6 +120,17 @@ def open_storage(url: str, heartbeat_interval: int | None = None,
             # a server that does not answer fails in seconds, not after the OS's TCP timeout
             engine_kwargs={"connect_args": {"connect_timeout": 10}}
             if url.startswith(("postgresql", "mysql")) else None)
+
+    try:
+        try:
+            return make()
+        except Exception as err:
+            # workers started together on an empty database race to create Optuna's tables:
+            # the loser's CREATE fails on what the winner made; the tables are there now
+            if type(err).__name__ not in ("IntegrityError", "ProgrammingError"):
+                raise
+            time.sleep(1.0)
+            return make()
     except ImportError as err:
         raise StorageError(f"hydra.sweeper.storage={redact_url(url)}: {err}; install the "
                            "database's driver (PostgreSQL: pip install "
