@@ -376,7 +376,9 @@ def test_optuna_dashboard_reads_the_trials_back(journal_study: tuple[str, str]) 
         port = s.getsockname()[1]
     # the docs' command: the journal file's path is the storage
     path = url[len("journal://"):]
-    proc = subprocess.Popen(["optuna-dashboard", path, "--host", "127.0.0.1", "--port",
+    # the script pip installed beside this Python (a venv's bin/ need not be on PATH)
+    script = Path(sys.executable).with_name("optuna-dashboard")
+    proc = subprocess.Popen([str(script) if script.is_file() else "optuna-dashboard", path, "--host", "127.0.0.1", "--port",
                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -385,7 +387,7 @@ def test_optuna_dashboard_reads_the_trials_back(journal_study: tuple[str, str]) 
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies",
                                             timeout=2) as r:
-                    studies = json.load(r)["studies"]
+                    studies = json.load(r)["study_summaries"]
                 break
             except OSError:
                 time.sleep(0.2)
