@@ -94,7 +94,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None,
                  grace_period: int | None = None, retries: int = 0) -> Any:
     """Optuna's storage for ``url``; an RDB storage records heartbeats when
     ``heartbeat_interval`` is set, and a trial whose worker stopped beating is failed and
-    queued again (``retries`` times) by Optuna's ``RetryFailedTrialCallback``."""
+    queued again (``retries`` times) by Optuna's ``RetryHeartbeatStaleTrialCallback``."""
     import optuna
 
     if url.startswith(JOURNAL_PREFIX):
@@ -110,13 +110,13 @@ def open_storage(url: str, heartbeat_interval: int | None = None,
     _check_driver(url)
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    callback = (optuna.storages.RetryFailedTrialCallback(max_retry=retries)
+    callback = (optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries)
                 if heartbeat_interval and retries else None)
     def make() -> Any:
         return optuna.storages.RDBStorage(
             url, heartbeat_interval=heartbeat_interval or None,
             grace_period=grace_period if heartbeat_interval else None,
-            failed_trial_callback=callback,
+            heartbeat_stale_trial_callback=callback,
             # a server that does not answer fails in seconds, not after the OS's TCP timeout
             engine_kwargs={"connect_args": {"connect_timeout": 10}}
             if url.startswith(("postgresql", "mysql")) else None)

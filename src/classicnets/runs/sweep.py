@@ -400,8 +400,9 @@ def summarise_study(sweep_dir: Path, storage: str, study_name: str,
                "epochs": t.user_attrs.get(EPOCHS_ATTR),
                **({k: data["metrics"].get(k) for k in COLUMNS} if data else {}),
                "duration_s": round(duration, 1) if duration is not None else None}
-        if t.user_attrs.get("failed_trial") is not None:  # Optuna's RetryFailedTrialCallback
-            row["state"] += f" (retry of {t.user_attrs['failed_trial']})"
+        retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
+        if retry_of is not None:  # queued again after its worker stopped beating
+            row["state"] += f" (retry of {retry_of})"
         rows.append(row)
     states: dict[str, int] = {}
     for row in rows:
