@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from classicnets.runs.pipeline import train
 from classicnets.runs.plots import SweepPoint, plot_sweep
+from classicnets.runs.study import open_study
 from classicnets.runs.sweep import (
     INTERRUPTED_ATTR,
     PLOT_NAME,
@@ -32,7 +33,6 @@ from classicnets.runs.sweep import (
     summarise_study,
     summarise_sweep,
 )
-from classicnets.runs.study import open_study
 from hydra_plugins.classicnets_optuna_sweeper.trial_sweeper import trial_overrides
 
 REPO = Path(__file__).resolve().parents[1]

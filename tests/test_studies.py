@@ -53,8 +53,8 @@ SHORT = ("trainer.max_epochs=3", "+trainer.limit_train_batches=10", "+trainer.li
          "callbacks.rich_progress_bar=null", "callbacks.model_summary=null",
          "extras.print_config=false", "logger=csv", "data.num_workers=0")
 PNG = b"\x89PNG\r\n\x1a\n"
-F, I, C = (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution,
-           optuna.distributions.CategoricalDistribution)
+F, Int, C = (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution,
+             optuna.distributions.CategoricalDistribution)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -98,7 +98,7 @@ def test_search_space_grammar_becomes_optuna_distributions() -> None:
          "range(2, 8, 2)", "model.depth": "interval(2, 6)", "model": "choice(lenet5, resnet20)"},
         ["seed=3", "module.label_smoothing=0.1"])
     assert space == {"optimizer.lr": F(1e-4, 1.0, log=True), "data.batch_size": C([32, 64]),
-                     "trainer.max_epochs": I(2, 8, step=2), "model.depth": F(2.0, 6.0),
+                     "trainer.max_epochs": Int(2, 8, step=2), "model.depth": F(2.0, 6.0),
                      "model": C(["lenet5", "resnet20"])}
     assert fixed == ["seed=3", "module.label_smoothing=0.1"]  # a fixed value wins over the space
     with pytest.raises(SweepConfigError, match=r"optimizer.lr=tag\(log, interval\(0.0, 1.0\)\)"):
@@ -378,9 +378,10 @@ def test_optuna_dashboard_reads_the_trials_back(journal_study: tuple[str, str]) 
     path = url[len("journal://"):]
     # the script pip installed beside this Python (a venv's bin/ need not be on PATH)
     script = Path(sys.executable).with_name("optuna-dashboard")
-    proc = subprocess.Popen([str(script) if script.is_file() else "optuna-dashboard", path, "--host", "127.0.0.1", "--port",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    command = str(script) if script.is_file() else "optuna-dashboard"
+    proc = subprocess.Popen([command, path, "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         studies = None
         for _ in range(100):
