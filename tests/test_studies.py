@@ -380,7 +380,7 @@ def test_optuna_dashboard_reads_the_trials_back(journal_study: tuple[str, str]) 
     script = Path(sys.executable).with_name("optuna-dashboard")
     command = str(script) if script.is_file() else "optuna-dashboard"
     proc = subprocess.Popen([command, path, "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
                             start_new_session=True)
     try:
         studies = None
