@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from classicnets.runs.pipeline import train
 from classicnets.runs.plots import SweepPoint, plot_sweep
-from classicnets.runs.study import open_study
+from classicnets.runs.study import open_study, trial_overrides
 from classicnets.runs.sweep import (
     INTERRUPTED_ATTR,
     PLOT_NAME,
@@ -33,7 +33,6 @@ from classicnets.runs.sweep import (
     summarise_study,
     summarise_sweep,
 )
-from hydra_plugins.classicnets_optuna_sweeper.trial_sweeper import trial_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "src" / "train.py")
@@ -136,9 +135,14 @@ def test_a_relaunch_must_keep_direction_and_metric(make_cfg: MakeCfg, tmp_path: 
         open_study(launch("optimized_metric=val/acc"))
 
 
-def test_each_trial_runs_in_the_directory_of_its_number() -> None:
-    assert trial_overrides([7, 9], [("optimizer.lr=0.1",), ("optimizer.lr=0.2",)]) == [
-        ("optimizer.lr=0.1", "hydra.sweep.subdir=7"), ("optimizer.lr=0.2", "hydra.sweep.subdir=9")]
+def test_each_trial_s_values_become_its_overrides() -> None:
+    # the sweeper adds hydra.sweep.subdir=<trial number> (test_search_finishes_... checks the
+    # directories); here the values in Hydra's syntax, the command line's fixed ones after them
+    params = {"optimizer.lr": 0.1, "model": "lenet5", "model.pretrained": None,
+              "trainer.deterministic": True, "data.batch_size": 64}
+    assert trial_overrides(params, ["seed=1"]) == [
+        "optimizer.lr=0.1", "model=lenet5", "model.pretrained=null",
+        "trainer.deterministic=true", "data.batch_size=64", "seed=1"]
 
 
 def test_a_diverged_run_returns_no_value(make_cfg: MakeCfg) -> None:

@@ -109,14 +109,16 @@ def distributions(params: Mapping[str, Any] | None, arguments: Sequence[str] = (
 
 
 def trial_overrides(params: Mapping[str, Any], fixed: Sequence[str]) -> list[str]:
-    """A trial's overrides: each sampled value, in Hydra's syntax, then the fixed ones."""
+    """A trial's overrides: each sampled value in Hydra's syntax (None as null, booleans as
+    true/false; strings came from the grammar already escaped), then the fixed ones."""
     out = []
     for key, value in params.items():
-        if isinstance(value, str) or value is None or isinstance(value, bool):
-            text = "null" if value is None else str(value).lower() if isinstance(
-                value, bool) else value
+        if value is None:
+            text = "null"
+        elif isinstance(value, bool):
+            text = str(value).lower()
         else:
-            text = repr(value)
+            text = str(value)
         out.append(f"{key}={text}")
     return [*out, *fixed]
 

@@ -18,7 +18,6 @@ annotations`` (Hydra's plugin scan runs this module outside ``sys.modules``).
 """
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from hydra.core.plugins import Plugins
@@ -26,15 +25,9 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-__all__ = ["TrialDirOptunaSweeper", "trial_overrides"]
+__all__ = ["TrialDirOptunaSweeper"]
 
 log = logging.getLogger(__name__)
-
-
-def trial_overrides(numbers: Sequence[int], overrides: Sequence[Sequence[str]]
-                    ) -> list[tuple[str, ...]]:
-    """Each trial's overrides plus the job directory named by its trial number."""
-    return [(*job, f"hydra.sweep.subdir={number}") for number, job in zip(numbers, overrides)]
 
 
 class TrialDirOptunaSweeper(Sweeper):
