@@ -1,13 +1,12 @@
-"""Optuna studies for ``hparams_search=...``: the search space, storage, sampler and pruner of
-classicnets' sweeper (``src/hydra_plugins/classicnets_optuna_sweeper``), each checked before the
-first trial.
+"""Optuna studies for ``hparams_search=...``: the search space and objectives of classicnets'
+sweeper (``src/hydra_plugins/classicnets_optuna_sweeper``), and the study a launch creates or
+continues, each checked before the first trial.
 
 The search space is written in Hydra's override grammar (``interval(...)``, ``choice(...)``,
 ``range(...)``, ``tag(log, ...)``), which Hydra parses; :func:`distributions` turns each parsed
-sweep into an Optuna distribution. Storage URLs: ``sqlite:///<file>`` (one machine),
-``journal:///<file>`` (Optuna's journal file, for network file systems shared by a cluster) and
-any SQLAlchemy URL (``postgresql+psycopg://user:password@host/db``); :func:`open_storage` says
-which package a missing driver needs and never prints a password.
+sweep into an Optuna distribution. A study stores the space it was created with, so that a
+relaunch over another space is told what differs (:func:`space_changes`). Storages and pruners:
+``classicnets.studies``.
 """
 
 from __future__ import annotations

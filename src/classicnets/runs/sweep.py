@@ -15,6 +15,7 @@ import csv
 import json
 import logging
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from classicnets.studies import (
     PRUNED_ATTR,
     SweepConfigError,
     load_study,
+    redact_url,
 )
 
 __all__ = ["EPOCHS_ATTR", "INTERRUPTED_ATTR", "MAX_EPOCHS_ATTR", "PLOT_NAME", "PRUNED_ATTR",
@@ -400,7 +402,9 @@ def summarise_study(sweep_dir: Path, storage: str, study_name: str,
                "epochs": t.user_attrs.get(EPOCHS_ATTR),
                **({k: data["metrics"].get(k) for k in COLUMNS} if data else {}),
                "duration_s": round(duration, 1) if duration is not None else None}
-        retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
+        with warnings.catch_warnings():  # "experimental" in Optuna 5: said once is enough
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
         if retry_of is not None:  # queued again after its worker stopped beating
             row["state"] += f" (retry of {retry_of})"
         rows.append(row)
@@ -410,12 +414,9 @@ def summarise_study(sweep_dir: Path, storage: str, study_name: str,
         states[key] = states.get(key, 0) + 1
     fixed = sorted(o for o in _common(overrides) if o.split("=", 1)[0] not in params)
     running = " (running: in progress, or its worker was killed)" if "running" in states else ""
-    shown = metrics[0] if len(metrics) == 1 else ", ".join(
-        f"{d} {m}" for d, m in zip(directions, metrics))
-    from classicnets.studies import redact_url
-
-    header = [f"Study {study_name} ({'/'.join(directions) if len(metrics) == 1 else ''}"
-              f"{'' if len(metrics) > 1 else ' '}{shown}) in {redact_url(storage)}",
+    aims = (f"{directions[0]} {metrics[0]}" if len(metrics) == 1 else
+            ", ".join(f"{d} {m}" for d, m in zip(directions, metrics)))
+    header = [f"Study {study_name} ({aims}) in {redact_url(storage)}",
               f"{len(rows)} trials: "
               + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + running,
               f"Every trial: {' '.join(fixed) or '(nothing else)'}"]
