@@ -352,25 +352,37 @@ def test_two_workers_share_one_postgresql_study(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def journal_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """Two workers that finished one study in a journal file: (storage URL, study name)."""
+    """Two workers that finished one study in a journal file, the zoo search with its two
+    objectives: (storage URL, study name, sweep directory)."""
     tmp = tmp_path_factory.mktemp("journal")
     url = f"journal:///{tmp}/shared/journal.log"
-    worker = ["hparams_search=digits_sgd", f"hydra.sweeper.storage={url}",
+    worker = ["hparams_search=zoo_digits", f"hydra.sweeper.storage={url}",
               "hydra.sweeper.study_name=shared", "hydra.sweeper.max_trials=4", *TINY]
     _two_workers(tmp, worker, [*worker, "hydra.sweeper.worker=1"])
-    return url, "shared"
+    return url, "shared", tmp / "logs" / "debug" / "search" / "shared"
 
 
 @pytest.mark.slow
-def test_two_workers_share_one_journal_file(journal_study: tuple[str, str]) -> None:
-    url, name = journal_study
-    _check_shared(optuna.load_study(study_name=name, storage=open_storage(url)), 4)
+def test_two_workers_share_one_journal_file(journal_study: tuple[str, str, Path]) -> None:
+    url, name, sweep = journal_study
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    _check_shared(study, 4)
+    # several objectives: accuracy and the network's MACs, the front marked and drawn
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    front = {t.number for t in study.best_trials}
+    # a trial a worker asked just after the other took the last one is "surplus" (never run)
+    rows = [r for r in _table(sweep) if r["state"] != "surplus"]
+    assert {int(r["trial"]) for r in rows if r["pareto"] == "yes"} == front
+    for r in rows:
+        macs = json.loads((sweep / r["trial"] / "metrics.json").read_text())["metrics"]
+        assert float(r["model/macs"]) == macs["model/macs"] > 0
+    assert (sweep / PARETO_PLOT).read_bytes().startswith(PNG)
 
 
 @pytest.mark.slow
-def test_optuna_dashboard_reads_the_trials_back(journal_study: tuple[str, str]) -> None:
+def test_optuna_dashboard_reads_the_trials_back(journal_study: tuple[str, str, Path]) -> None:
     pytest.importorskip("optuna_dashboard", reason="pip install 'classicnets[dashboard]'")
-    url, name = journal_study
+    url, name, _ = journal_study
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
