@@ -56,8 +56,9 @@ class OptunaTrialReport(Callback):
     """Report ``monitor`` to this job's Optuna trial after every validation (step: the number
     of validations so far) and stop training when the trial should be pruned.
 
-    Does nothing outside a search (no ``CLASSICNETS_OPTUNA_TRIAL`` in the environment) and for
-    several objectives (Optuna prunes single-objective studies only).
+    Does nothing outside a search (no ``CLASSICNETS_OPTUNA_TRIAL`` in the environment); for
+    several objectives it records the epochs trained and reports nothing (Optuna prunes
+    single-objective studies only).
 
     Args:
         monitor: the logged metric the study optimizes (``optimized_metric``).
@@ -66,13 +67,14 @@ class OptunaTrialReport(Callback):
     def __init__(self, monitor: str | Sequence[str] | None = None) -> None:
         self.monitor = monitor
         self._trial: Any = None
-        self._active = False
+        self._active = self._reports = False
         self._validations = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         number = os.environ.get(ENV_TRIAL)
-        self._active = (stage == "fit" and number is not None and isinstance(self.monitor, str)
-                        and bool(self.monitor))
+        self._active = stage == "fit" and number is not None
+        # several objectives: the epochs are recorded, nothing is reported (no pruning)
+        self._reports = isinstance(self.monitor, str) and bool(self.monitor)
         self._validations = 0
         if not self._active or not trainer.is_global_zero:
             return
@@ -88,7 +90,7 @@ class OptunaTrialReport(Callback):
         self._trial.set_user_attr(MAX_EPOCHS_ATTR, trainer.max_epochs)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._active or trainer.sanity_checking:
+        if not self._active or not self._reports or trainer.sanity_checking:
             return
         self._validations += 1
         prune = False
