@@ -1,10 +1,11 @@
 """The search loop of classicnets' Optuna sweeper (``hparams_search=...``).
 
-Optuna's own ``Study.optimize`` runs it: each of ``n_jobs`` threads asks the study for a trial as
-soon as its previous one ended (no batches that wait for their slowest trial), launches the
-trial's job through Hydra's launcher (basic, ``parallel``, ``slurm``) and tells the study how it
-ended; Optuna's heartbeat thread and stale-trial check (an RDB storage with
-``hydra.sweeper.heartbeat_interval``) fail a dead worker's trial and queue it again. Independent
+Each of ``n_jobs`` threads asks the study for a trial as soon as its previous one ended (no
+batches that wait for their slowest trial), launches the trial's job through Hydra's launcher
+(basic, ``parallel``, ``slurm``) and tells the study how it ended. With an RDB storage and
+``hydra.sweeper.heartbeat_interval``, a heartbeat is recorded while each trial runs and, before
+each ask, Optuna's ``fail_stale_trials`` fails a dead worker's trial and queues it again, as
+``Study.optimize`` does (whose loop this is not: see ``_Search._next_trial``). Independent
 worker processes (N shells, N SLURM jobs) running the same command share the study through its
 storage; ``hydra.sweeper.max_trials`` stops them all once the study holds that many finished
 trials.
@@ -147,6 +148,9 @@ class _Search:
                                          sampler=sampler, pruner=pruner,
                                          directions=self.directions, load_if_exists=True)
         self.lock = threading.Lock()
+        self.ask_lock = threading.Lock()  # one ask at a time (see _next_trial)
+        self.stop = threading.Event()
+        self.asked = 0
         self.in_flight: dict[int, Any] = {}
         self.finished = self.failed = 0
         self.failure: BaseException | None = None
@@ -181,7 +185,7 @@ class _Search:
         if self.settings.max_trials is not None and self._held(trial.number) >= (
                 self.settings.max_trials):
             trial.set_user_attr(SURPLUS_ATTR, True)
-            self.study.stop()
+            self.stop.set()
             raise _Surplus(f"trial {trial.number}: the study already holds max_trials="
                            f"{self.settings.max_trials} trials (another worker took the last)")
         params = {name: suggest(trial, name, d) for name, d in self.space.items()}
@@ -243,12 +247,12 @@ class _Search:
                 f"{self.failed} of {self.finished} trials failed, more than "
                 f"hydra.sweeper.max_failure_rate={self.settings.max_failure_rate}; each "
                 f"trial's log is in {self.sweep_dir}/<trial number>/")
-            study.stop()
+            self.stop.set()
         if self.settings.max_trials is not None:
             done = len(study.get_trials(deepcopy=False, states=tuple(
                 getattr(TrialState, s) for s in _DONE_STATES)))
             if done >= self.settings.max_trials:
-                study.stop()
+                self.stop.set()
 
     # ---------------------------------------------------------------- the search
     def run(self) -> None:
@@ -275,11 +279,20 @@ class _Search:
                  n_trials if n_trials is not None
                  else f"up to max_trials={self.settings.max_trials}", jobs, self.pruner_name)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.n_trials = n_trials
         try:
-            self.study.optimize(self.objective, n_trials=n_trials, n_jobs=jobs,
-                                catch=(Exception,), callbacks=[self.after_trial],
-                                gc_after_trial=False, show_progress_bar=False)
+            if jobs == 1:  # in this thread: an in-process job (basic launcher) gets the signals
+                self._worker()
+            else:
+                threads = [threading.Thread(target=self._worker, name=f"trial-slot-{k}",
+                                            daemon=True) for k in range(jobs)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    while thread.is_alive():
+                        thread.join(timeout=0.5)  # wakes for Ctrl-C
         except BaseException:
+            self.stop.set()
             self._fail_unfinished()
             self._stop_launcher()
             self._summarise()
@@ -288,6 +301,90 @@ class _Search:
             self._summarise()
             raise self.failure
         self._results()
+
+    def _next_trial(self) -> Any:
+        """The next trial, or None when this launch is done. Asks are serialised: two threads
+        asking at once can both pop the same queued trial (an enqueued or re-queued one) from an
+        SQLite storage, which has no row locks, and would run it twice. Optuna's own
+        ``Study.optimize`` has no hook for that lock, so the loop here is ours; it does what
+        optimize does around each trial: stale trials failed (and re-queued) first, and a
+        heartbeat while the trial runs."""
+        import warnings
+
+        import optuna
+
+        with self.ask_lock:
+            if self.stop.is_set() or (self.n_trials is not None and self.asked >= self.n_trials):
+                return None
+            with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize"
+                warnings.simplefilter("ignore")
+                if self._beats():
+                    optuna.storages.fail_stale_trials(self.study)
+                trial = self.study.ask()
+            self.asked += 1
+            return trial
+
+    def _beats(self) -> bool:
+        """Whether the storage keeps heartbeats (an RDB one with heartbeat_interval)."""
+        interval = getattr(self.storage, "get_heartbeat_interval", None)
+        return bool(self.url and callable(interval) and interval())
+
+    def _heartbeat(self, number: int) -> tuple[threading.Event, threading.Thread] | None:
+        """Beat for the trial every heartbeat_interval s while it runs (RDB storages)."""
+        if not self._beats():
+            return None
+        storage = self.storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(self.name), number)
+        interval = float(storage.get_heartbeat_interval())
+        done = threading.Event()
+
+        def beat() -> None:
+            while True:
+                storage.record_heartbeat(trial_id)
+                if done.wait(interval):
+                    return
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{number}", daemon=True)
+        thread.start()
+        return done, thread
+
+    def _worker(self) -> None:
+        """One slot: ask a trial, run it, tell how it ended; again until the launch is done."""
+        import optuna
+        from optuna.trial import TrialState
+
+        while True:
+            trial = self._next_trial()
+            if trial is None:
+                return
+            beating = self._heartbeat(trial.number)
+            value, state = None, TrialState.COMPLETE
+            try:
+                value = self.objective(trial)
+            except optuna.TrialPruned as err:
+                state = TrialState.PRUNED
+                log.info("trial %d pruned (%s)", trial.number, err)
+            except Exception as err:  # a failed trial; the search goes on
+                state = TrialState.FAIL
+                log.warning("trial %d failed with parameters %s: %s: %s", trial.number,
+                            trial.params, type(err).__name__, err,
+                            exc_info=not isinstance(err, _Surplus))
+            except BaseException:  # Ctrl-C: the trial failed (marked interrupted), then stop
+                self.stop.set()
+                try:
+                    self.study.tell(trial, state=TrialState.FAIL)
+                except Exception as err:  # told already
+                    log.debug("trial %d: %s", trial.number, err)
+                raise
+            finally:
+                if beating is not None:
+                    beating[0].set()
+                    beating[1].join()
+            frozen = self.study.tell(trial, value, state=state)
+            if state == TrialState.COMPLETE:
+                log.info("trial %d finished with value %s", trial.number, value)
+            self.after_trial(self.study, frozen)
 
     def _stop_launcher(self) -> None:
         stop = getattr(self.launcher, "stop_all", None)

@@ -8,8 +8,8 @@ What it does beyond sampling, and why:
   job number: the study's own id, stable across relaunches and across workers sharing a study;
 * a launch that continues a study seeds the sampler with ``seed + trials so far`` (a seeded
   sampler would replay its random start-up draws), worker ``k`` adds ``1000 * k``;
-* trials start as soon as a slot is free (``n_jobs`` threads of Optuna's ``Study.optimize``,
-  each launching one job at a time), not in batches that wait for their slowest trial;
+* trials start as soon as a slot is free (``n_jobs`` threads, each asking a trial and launching
+  its job alone), not in batches that wait for their slowest trial;
 * the search space, objectives, pruner and storage are checked before the first trial.
 
 The loop itself is ``classicnets.runs.search``. Hydra imports this module whenever it scans for
