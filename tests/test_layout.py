@@ -11,7 +11,7 @@ from conftest import REPO
 SRC = REPO / "src"
 # lowest first; a module may import its own layer and the layers below it
 LAYERS: list[set[str]] = [
-    {"paths", "instantiate", "checkpoints", "models", "data"},
+    {"paths", "instantiate", "checkpoints", "models", "data", "studies"},
     {"training", "parallel"},
     {"callbacks"},
     {"runs", "inference"},

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from classicnets.runs.pipeline import train
 from classicnets.runs.plots import SweepPoint, plot_sweep
+from classicnets.runs.study import open_study, trial_overrides
 from classicnets.runs.sweep import (
     INTERRUPTED_ATTR,
     PLOT_NAME,
@@ -29,11 +30,9 @@ from classicnets.runs.sweep import (
     _grid_params,
     check_sweep,
     metric_direction,
-    open_study,
     summarise_study,
     summarise_sweep,
 )
-from hydra_plugins.classicnets_optuna_sweeper.trial_sweeper import trial_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "src" / "train.py")
@@ -73,7 +72,13 @@ def test_search_configs_name_real_keys_and_a_stable_study(name: str, make_cfg: M
     assert sweeper.study_name == name and sweeper.params
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
     assert sweeper.sampler.seed == cfg.seed  # seeded
-    assert sweeper.direction == metric_direction(cfg.optimized_metric)
+    if isinstance(cfg.optimized_metric, str):
+        assert sweeper.direction == metric_direction(cfg.optimized_metric)
+    else:  # several objectives: a direction each, the accuracy's to maximise
+        assert len(sweeper.direction) == len(cfg.optimized_metric) >= 2
+        assert [metric_direction(m) or d for m, d in zip(cfg.optimized_metric,
+                                                         sweeper.direction)] == list(
+            sweeper.direction)
     # a relaunch finds the same study: no launch time in the sweep dir, the database in it
     raw = OmegaConf.to_container(cfg.hydra, resolve=False)
     assert raw["sweep"]["dir"] == "${paths.log_dir}/${task_name}/search/${hydra.sweeper.study_name}"
@@ -130,9 +135,14 @@ def test_a_relaunch_must_keep_direction_and_metric(make_cfg: MakeCfg, tmp_path: 
         open_study(launch("optimized_metric=val/acc"))
 
 
-def test_each_trial_runs_in_the_directory_of_its_number() -> None:
-    assert trial_overrides([7, 9], [("optimizer.lr=0.1",), ("optimizer.lr=0.2",)]) == [
-        ("optimizer.lr=0.1", "hydra.sweep.subdir=7"), ("optimizer.lr=0.2", "hydra.sweep.subdir=9")]
+def test_each_trial_s_values_become_its_overrides() -> None:
+    # the sweeper adds hydra.sweep.subdir=<trial number> (test_search_finishes_... checks the
+    # directories); here the values in Hydra's syntax, the command line's fixed ones after them
+    params = {"optimizer.lr": 0.1, "model": "lenet5", "model.pretrained": None,
+              "trainer.deterministic": True, "data.batch_size": 64}
+    assert trial_overrides(params, ["seed=1"]) == [
+        "optimizer.lr=0.1", "model=lenet5", "model.pretrained=null",
+        "trainer.deterministic=true", "data.batch_size=64", "seed=1"]
 
 
 def test_a_diverged_run_returns_no_value(make_cfg: MakeCfg) -> None:
@@ -159,7 +169,7 @@ def _job(sweep: Path, num: int, overrides: list[str], metrics: dict[str, float] 
 def test_study_summary_lists_every_trial_and_marks_the_best(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
-    log_lr = optuna.distributions.LogUniformDistribution(1e-3, 1.0)
+    log_lr = optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)
     batch = optuna.distributions.CategoricalDistribution([32, 64])
     for n, acc in enumerate([0.9, 0.95, None]):
         trial = study.ask({"optimizer.lr": log_lr, "data.batch_size": batch})

@@ -344,3 +344,40 @@ def test_usr1_checkpoints_requeues_once_and_the_job_finishes_from_there(tmp_path
     assert best["epoch"] <= last_state["epoch"] < epochs
     (row,) = _summary(sweep)
     assert row["status"] == "ok"
+
+
+@pytest.mark.slow
+@needs_cluster
+@pytest.mark.xdist_group("slurm")
+def test_search_prunes_a_trial_that_runs_as_a_two_task_slurm_job(tmp_path: Path) -> None:
+    """classicnets' Optuna sweeper with hydra/launcher=slurm: each trial a 2-task DDP job; the
+    hopeless one (lr 1e-7, after a trial that learns) is pruned after its first validation,
+    both tasks stop together, and the job ends normally."""
+    import optuna
+
+    conf = tmp_path / "myconf" / "hparams_search"
+    conf.mkdir(parents=True)
+    (conf / "lr.yaml").write_text(
+        "# @package _global_\n"
+        "defaults:\n  - override /optimizer: sgd\n  - override /hydra/sweeper: study\n"
+        "optimized_metric: val/acc_best\n"
+        "hydra:\n  sweep:\n"
+        "    dir: ${paths.log_dir}/${task_name}/search/${hydra.sweeper.study_name}\n"
+        "  sweeper:\n    study_name: lr\n    direction: maximize\n"
+        "    params:\n      optimizer.lr: choice(1.0e-7, 0.2)\n")
+    sweep = tmp_path / "logs" / "train" / "search" / "lr"
+    sweep.mkdir(parents=True)
+    study = optuna.create_study(study_name="lr", storage=f"sqlite:///{sweep}/optuna.db",
+                                direction="maximize")
+    for lr in (0.2, 1e-7):
+        study.enqueue_trial({"optimizer.lr": lr})
+    proc = _train(["-m", "--config-dir", str(tmp_path / "myconf"), "hparams_search=lr", *SLURM,
+                   "trainer.devices=2", *SWEEP_QUIET, "hydra.sweeper.n_trials=2",
+                   "hydra.sweeper.pruner=median", "+hydra.sweeper.pruner_args.n_startup_trials=1",
+                   "trainer.max_epochs=3", "+trainer.limit_train_batches=10",
+                   "+trainer.limit_val_batches=4", "logger=csv", "data.num_workers=0"], tmp_path)
+    out = _finish(proc, tmp_path, timeout=400)
+    assert proc.returncode == 0, out[-3000:]
+    rows = _summary(sweep)
+    assert [(r["state"], r["epochs"]) for r in rows] == [("complete", "3"), ("pruned", "1")]
+    assert (sweep / "1" / "metrics.json").is_file()  # the pruned job tested and recorded

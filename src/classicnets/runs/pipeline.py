@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from classicnets.callbacks.ema import apply_ema_weights
 from classicnets.callbacks.guard import TrainingInterrupted
@@ -323,17 +323,19 @@ def run_train(cfg: DictConfig, checked: Checked, built: Built
 
 
 def record_train(cfg: DictConfig, checked: Checked, built: Built, metrics: dict[str, float],
-                 extra: dict[str, Any]) -> tuple[float | None, dict[str, float]]:
-    """metrics.json and the plots (rank zero), the W&B run closed; the optimized metric."""
+                 extra: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+    """metrics.json and the plots (rank zero), the W&B run closed; the optimized metric (a
+    list of values when ``optimized_metric`` is a list)."""
     name = cfg.get("optimized_metric")
-    value = metrics.get(name) if name else None
-    if name and value is None:
-        log.warning("optimized_metric=%s was not logged (logged: %s); returning None", name,
-                    ", ".join(sorted(metrics)))
-    elif value is not None and not math.isfinite(value):
-        # a diverged run: None makes a sweeper's trial fail (Optuna refuses NaN as a value)
-        log.warning("optimized_metric=%s is %s; returning None", name, value)
-        value = None
+    if isinstance(name, ListConfig | list):  # several objectives: one value each, or None
+        name = [str(n) for n in name]
+        metrics.update(network_size(built, name))
+        values = [_objective(metrics, n) for n in name]
+        value: Any = None if any(v is None for v in values) else values
+    else:
+        if name:
+            metrics.update(network_size(built, [str(name)]))
+        value = _objective(metrics, name) if name else None
     if built.trainer.is_global_zero:
         _write_metrics(checked.out_dir, metrics, value, name, extra)
         _draw_plots(checked.out_dir)
@@ -341,10 +343,44 @@ def record_train(cfg: DictConfig, checked: Checked, built: Built, metrics: dict[
     return value, metrics
 
 
-def _write_metrics(out_dir: Path, metrics: dict[str, float], value: float | None,
-                   name: str | None, extra: dict[str, Any]) -> None:
+def _objective(metrics: dict[str, float], name: str) -> float | None:
+    """The value of one optimized metric; None (the sweeper's trial fails) when it was not
+    logged or is not finite (a diverged run: Optuna refuses NaN as a value)."""
+    value = metrics.get(name)
+    if value is None:
+        log.warning("optimized_metric=%s was not logged (logged: %s); returning None", name,
+                    ", ".join(sorted(metrics)))
+    elif not math.isfinite(value):
+        log.warning("optimized_metric=%s is %s; returning None", name, value)
+        value = None
+    return value
+
+
+# the network's size, for searches that weigh accuracy against it (optimized_metric lists)
+SIZE_METRICS = ("model/params", "model/macs")
+
+
+def network_size(built: Built, wanted: list[str]) -> dict[str, float]:
+    """``model/params`` and ``model/macs`` (multiply-accumulates of one image at the data's
+    size, counted as the model docs count them) when an optimized metric asks for them."""
+    if not any(n in SIZE_METRICS for n in wanted):
+        return {}
+    from classicnets.models.table import count_macs
+
+    net = built.module.net
+    dm = built.datamodule
+    params = sum(p.numel() for p in net.parameters())
+    device = next(net.parameters()).device
+    x = torch.zeros(1, dm.in_channels, dm.image_size, dm.image_size, device=device)
+    return {"model/params": float(params), "model/macs": float(count_macs(net, x))}
+
+
+def _write_metrics(out_dir: Path, metrics: dict[str, float], value: Any,
+                   name: Any, extra: dict[str, Any]) -> None:
+    if isinstance(value, float) and math.isnan(value):
+        value = None
     payload = {"overrides": _task_overrides(), "optimized_metric": name,
-               "optimized_value": None if value is None or math.isnan(value) else value,
+               "optimized_value": value,
                "metrics": metrics, **extra}
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
 

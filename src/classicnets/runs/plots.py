@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PLOTS_DIR", "SweepPoint", "plot_path", "plot_run", "plot_sweep",
+__all__ = ["PLOTS_DIR", "SweepPoint", "plot_pareto", "plot_path", "plot_run", "plot_sweep",
            "read_metrics"]
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,8 @@ class SweepPoint:
     number: int
     value: float
     params: Mapping[str, Any] = field(default_factory=dict)
+    # stopped early by the study's pruner: its value is the last one it reported
+    pruned: bool = False
 
 
 def _sweep_categories(values: Sequence[Any]) -> list[Any]:
@@ -173,8 +175,14 @@ def plot_sweep(path: Path, metric: str, points: Sequence[SweepPoint],
         elif scales[name] == "log":
             ax.set_xscale("log")
         ys = [p.value for p in have]
-        scatter = ax.scatter(xs, ys, c=[p.number for p in have], s=30, edgecolors="none",
-                             **colour)
+        full = [i for i, p in enumerate(have) if not p.pruned]
+        scatter = ax.scatter([xs[i] for i in full], [ys[i] for i in full],
+                             c=[have[i].number for i in full], s=30, edgecolors="none", **colour)
+        cut = [i for i, p in enumerate(have) if p.pruned]
+        if cut:  # pruned trials: the value they had when they were stopped
+            ax.scatter([xs[i] for i in cut], [ys[i] for i in cut], marker="x", s=30,
+                       c=[have[i].number for i in cut], label="pruned (value when stopped)",
+                       **colour)
         for x, p in zip(xs, have):
             if p.number == best:
                 ax.scatter([x], [p.value], marker="*", s=260, c="red", edgecolors="black",
@@ -185,13 +193,50 @@ def plot_sweep(path: Path, metric: str, points: Sequence[SweepPoint],
         ax.set_ylabel(metric)
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
-    if best is not None:
+    if best is not None or any(p.pruned for p in points):
         axes[0, 0].legend(loc="best", fontsize="small")
     if scatter is not None:
         bar = fig.colorbar(scatter, ax=axes.ravel().tolist(), label=numbered, shrink=0.9)
         bar.locator = MaxNLocator(integer=True)  # trial numbers are whole
         bar.update_ticks()
     fig.suptitle(title or f"{metric} against the swept parameters")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_pareto(path: Path, metrics: Sequence[str], directions: Sequence[str],
+                points: Sequence[tuple[int, Sequence[float]]], front: set[int],
+                title: str | None = None) -> Path | None:
+    """The trials of a multi-objective study in objective space, the first objective against
+    each other one: every complete trial a dot, the Pareto front (``front``: trial numbers) red
+    and joined in order. Returns None without at least two objectives and one point."""
+    if len(metrics) < 2 or not points:
+        return None
+    plt = _pyplot()
+    pairs = len(metrics) - 1
+    fig, axes = plt.subplots(1, pairs, figsize=(5.2 * pairs, 4.2), dpi=100, squeeze=False,
+                             layout="constrained")
+    for k, ax in enumerate(axes.flat, start=1):
+        xs = [v[k] for _, v in points]
+        ys = [v[0] for _, v in points]
+        ax.scatter(xs, ys, s=24, c="tab:gray", alpha=0.7, edgecolors="none", label="trial")
+        members = sorted(((v[k], v[0], n) for n, v in points if n in front))
+        if members:
+            ax.plot([m[0] for m in members], [m[1] for m in members], "-o", c="tab:red", ms=6,
+                    label="Pareto front")
+            for x, y, n in members:
+                ax.annotate(f"#{n}", (x, y), textcoords="offset points", xytext=(4, 4),
+                            fontsize="x-small")
+        if all(x > 0 for x in xs) and max(xs) / max(min(xs), 1e-300) > 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(f"{metrics[k]} ({directions[k]})")
+        ax.set_ylabel(f"{metrics[0]} ({directions[0]})")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+    fig.suptitle(title or "Pareto front")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -15,18 +15,28 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-__all__ = ["INTERRUPTED_ATTR", "PLOT_NAME", "SweepConfigError", "SweepSummary", "check_sweep",
-           "metric_direction", "open_study", "summarise_study", "summarise_sweep"]
+from classicnets.studies import (
+    EPOCHS_ATTR,
+    MAX_EPOCHS_ATTR,
+    PRUNED_ATTR,
+    SweepConfigError,
+    load_study,
+    redact_url,
+)
+
+__all__ = ["EPOCHS_ATTR", "INTERRUPTED_ATTR", "MAX_EPOCHS_ATTR", "PLOT_NAME", "PRUNED_ATTR",
+           "SURPLUS_ATTR", "SweepConfigError", "SweepSummary", "check_sweep",
+           "metric_direction", "summarise_study", "summarise_sweep"]
 
 log = logging.getLogger(__name__)
 COLUMNS = ("train/loss", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc",
@@ -36,11 +46,8 @@ PLOT_NAME = "sweep_plot.png"
 METRIC_ATTR = "optimized_metric"
 # trial attribute of a trial stopped by Ctrl-C (set by the sweeper, which then fails the trial)
 INTERRUPTED_ATTR = "interrupted"
-
-
-class SweepConfigError(CompactHydraException, ValueError):
-    """A sweep that cannot run as configured; raised before its first job. (Hydra prints a
-    CompactHydraException as its message alone, without a stack trace.)"""
+# a trial asked after the study reached hydra.sweeper.max_trials (failed without running)
+SURPLUS_ATTR = "surplus"
 
 
 def metric_direction(metric: str | None) -> str | None:
@@ -158,7 +165,17 @@ def check_sweep(cfg: DictConfig) -> None:
             raise _key_error(cfg, key, where)
     direction = _direction(cfg)
     metric = cfg.get("optimized_metric")
-    expected = metric_direction(metric)
+    if isinstance(metric, ListConfig) and isinstance(
+            OmegaConf.select(cfg, "hydra.sweeper.direction"), ListConfig):
+        directions = [str(d).lower() for d in cfg.hydra.sweeper.direction]
+        for i, (one, way) in enumerate(zip(metric, directions)):
+            expected = metric_direction(one)
+            if expected and way != expected:
+                raise SweepConfigError(
+                    f"hydra.sweeper.direction[{i}]={way}, but optimized_metric[{i}]={one} is "
+                    f"to {expected}: give each metric its own direction, in the same order")
+        return
+    expected = metric_direction(metric if isinstance(metric, str) else None)
     if direction and expected and direction != expected:
         raise SweepConfigError(
             f"hydra.sweeper.direction={direction}, but optimized_metric={metric} is to "
@@ -181,52 +198,6 @@ def _study_ref(cfg: DictConfig) -> tuple[str, str] | None:
     if isinstance(storage, str) and storage and name:
         return storage, str(name)
     return None
-
-
-def _sqlite_path(storage: str) -> Path | None:
-    prefix = "sqlite:///"
-    return Path(storage[len(prefix):]) if storage.startswith(prefix) else None
-
-
-def open_study(cfg: DictConfig) -> None:
-    """Create the sweep's study, or check the one a relaunch continues: same direction, same
-    metric. Optuna would take the stored direction silently and mix values of two metrics."""
-    ref, direction = _study_ref(cfg), _direction(cfg)
-    if ref is None or direction is None:
-        return  # in memory, or several objectives: the plugin's own create_study does it
-    storage, name = ref
-    db = _sqlite_path(storage)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
-    import optuna
-
-    # Optuna's INFO lines repeat the sweeper's; alembic lists every plugin it sets up
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    metric = cfg.get("optimized_metric")
-    existing = {s.study_name: s for s in optuna.study.get_all_study_summaries(storage)}
-    if name in existing:
-        summary = existing[name]
-        stored = summary.direction.name.lower()
-        if stored != direction:
-            raise SweepConfigError(
-                f"study '{name}' in {storage} was created to {stored}; this launch asks to "
-                f"{direction}. Keep the direction, or start a new study with "
-                "hydra.sweeper.study_name=<new name>")
-        was = summary.user_attrs.get(METRIC_ATTR)
-        if metric and was and was != metric:
-            raise SweepConfigError(
-                f"study '{name}' in {storage} optimizes {was}; this launch optimizes {metric}. "
-                "Keep optimized_metric, or start a new study with "
-                "hydra.sweeper.study_name=<new name>")
-        log.info("continuing study '%s' (%d trials so far) in %s", name, summary.n_trials,
-                 storage)
-        return
-    study = optuna.create_study(study_name=name, storage=storage, direction=direction,
-                                load_if_exists=True)
-    if metric:
-        study.set_user_attr(METRIC_ATTR, str(metric))
-    log.info("new study '%s' in %s", name, storage)
 
 
 # ------------------------------------------------------------------ summary tables and plots
@@ -371,28 +342,40 @@ def _distribution_scale(distribution: Any) -> str:
     return "linear"
 
 
-def summarise_study(sweep_dir: Path, storage: str, study_name: str,
-                    metric: str | None = None) -> list[dict[str, Any]]:
-    """Write ``sweep_summary.csv`` and ``.md`` for every trial of an Optuna study, and the plot.
+PARETO_PLOT = "pareto_front.png"
 
-    Each row: trial number, state, value, whether it is the best, its parameters, and the
-    metrics its job wrote to ``<sweep_dir>/<trial number>/metrics.json``. Trials of every
-    launch that added to the study are listed; ``running`` ones are in progress elsewhere, or
-    were interrupted.
+
+def _metric_names(metric: Any, n: int) -> list[str]:
+    if isinstance(metric, ListConfig | list | tuple):
+        return [str(m) for m in metric]
+    return [str(metric or "value")] if n == 1 else [f"value {i}" for i in range(n)]
+
+
+def summarise_study(sweep_dir: Path, storage: str, study_name: str,
+                    metric: Any = None) -> list[dict[str, Any]]:
+    """Write ``sweep_summary.csv`` and ``.md`` for every trial of an Optuna study, and the plot
+    (and, for several objectives, ``pareto_front.png``).
+
+    Each row: trial number, state, value(s), whether it is the best (one objective) or on the
+    Pareto front (several), its parameters, the epochs it trained (a pruned trial stopped
+    early), and the metrics its job wrote to ``<sweep_dir>/<trial number>/metrics.json``.
+    Trials of every launch and worker that added to the study are listed; ``running`` ones are
+    in progress elsewhere, or their worker was killed (a heartbeat storage fails them later).
     """
     import optuna
 
-    from classicnets.runs.plots import SweepPoint
+    from classicnets.runs.plots import SweepPoint, plot_pareto
 
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    State = optuna.trial.TrialState
+    study = load_study(storage, study_name)
     trials = study.get_trials(deepcopy=False)
     directions = [d.name.lower() for d in study.directions]
-    metric = metric or study.user_attrs.get(METRIC_ATTR) or "value"
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    metrics = _metric_names(metric or study.user_attrs.get(METRIC_ATTR), len(directions))
+    complete = [t for t in trials if t.state == State.COMPLETE]
     if not complete:
         best: set[int] = set()
     elif len(directions) == 1:
-        best = {study.best_trial.number}  # one, as the plugin reports: the first of equals
+        best = {study.best_trial.number}  # one: the first of equals
     else:
         best = {t.number for t in study.best_trials}  # the Pareto front
     params: dict[str, str] = {}  # searched name -> scale (log, linear, categorical)
@@ -406,37 +389,85 @@ def summarise_study(sweep_dir: Path, storage: str, study_name: str,
         if job_overrides:
             overrides.append(job_overrides)
         duration = t.duration.total_seconds() if t.duration is not None else None
-        state = "interrupted" if t.user_attrs.get(INTERRUPTED_ATTR) else t.state.name.lower()
-        rows.append({
-            "trial": t.number, "state": state,
-            "value": t.value if len(directions) == 1 else t.values,
-            "best": "yes" if t.number in best else "",
-            **{p: t.params.get(p) for p in params},
-            **({k: data["metrics"].get(k) for k in COLUMNS} if data else {}),
-            "duration_s": round(duration, 1) if duration is not None else None,
-        })
+        state = t.state.name.lower()
+        for attr in (INTERRUPTED_ATTR, SURPLUS_ATTR):
+            if t.user_attrs.get(attr) and t.state == State.FAIL:
+                state = attr
+        values = t.values if t.values is not None else [None] * len(directions)
+        row = {"trial": t.number, "state": state,
+               **({"value": t.value} if len(directions) == 1 else
+                  dict(zip(metrics, values))),
+               ("best" if len(directions) == 1 else "pareto"): "yes" if t.number in best else "",
+               **{p: t.params.get(p) for p in params},
+               "epochs": t.user_attrs.get(EPOCHS_ATTR),
+               **({k: data["metrics"].get(k) for k in COLUMNS} if data else {}),
+               "duration_s": round(duration, 1) if duration is not None else None}
+        with warnings.catch_warnings():  # "experimental" in Optuna 5: said once is enough
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
+        if retry_of is not None:  # queued again after its worker stopped beating
+            row["state"] += f" (retry of {retry_of})"
+        rows.append(row)
     states: dict[str, int] = {}
     for row in rows:
-        states[row["state"]] = states.get(row["state"], 0) + 1
+        key = str(row["state"]).split(" (", 1)[0]
+        states[key] = states.get(key, 0) + 1
     fixed = sorted(o for o in _common(overrides) if o.split("=", 1)[0] not in params)
-    running = " (running: in progress, or its launcher was killed)" if "running" in states else ""
-    header = [f"Study {study_name} ({'/'.join(directions)} {metric}) in {storage}",
+    running = " (running: in progress, or its worker was killed)" if "running" in states else ""
+    aims = (f"{directions[0]} {metrics[0]}" if len(metrics) == 1 else
+            ", ".join(f"{d} {m}" for d, m in zip(directions, metrics)))
+    header = [f"Study {study_name} ({aims}) in {redact_url(storage)}",
               f"{len(rows)} trials: "
               + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + running,
               f"Every trial: {' '.join(fixed) or '(nothing else)'}"]
+    header += _pruning_lines(trials)
     if len(directions) == 1 and complete:
         top = study.best_trial
-        header.append(f"Best: trial {top.number}, {metric} = {_cell(top.value)} with "
+        header.append(f"Best: trial {top.number}, {metrics[0]} = {_cell(top.value)} with "
                       + " ".join(f"{k}={_cell(v)}" for k, v in top.params.items()))
-    fields = ["trial", "state", "value", "best", *params, *COLUMNS, "duration_s"]
+    elif complete:
+        header.append(f"Pareto front ({len(best)} of {len(complete)} complete trials, "
+                      f"column pareto): trials {', '.join(str(n) for n in sorted(best))}")
+    value_fields = ["value", "best"] if len(directions) == 1 else [*metrics, "pareto"]
+    fields = ["trial", "state", *value_fields, *params, "epochs",
+              *(c for c in COLUMNS if c not in value_fields), "duration_s"]
     _write_tables(sweep_dir, fields, rows, header)
-    if len(directions) == 1 and complete:
-        points = [SweepPoint(t.number, float(t.value), t.params) for t in complete]
-        _draw(sweep_dir, metric=metric, points=points, scales=params,
-              best=study.best_trial.number,
-              title=f"study {study_name}: {metric} ({directions[0]}), "
-                    f"{len(complete)} of {len(rows)} trials complete")
+    pruned = [t for t in trials if t.state == State.PRUNED and t.value is not None]
+    if len(directions) == 1 and (complete or pruned):
+        points = [SweepPoint(t.number, float(t.value), t.params, t.state == State.PRUNED)
+                  for t in sorted([*complete, *pruned], key=lambda t: t.number)]
+        _draw(sweep_dir, metric=metrics[0], points=points, scales=params,
+              best=study.best_trial.number if complete else None,
+              title=f"study {study_name}: {metrics[0]} ({directions[0]}), "
+                    f"{len(complete)} of {len(rows)} trials complete"
+                    + (f", {len(pruned)} pruned" if pruned else ""))
+    elif complete:
+        try:
+            path = plot_pareto(sweep_dir / PARETO_PLOT, metrics, directions,
+                               [(t.number, t.values) for t in complete], best,
+                               title=f"study {study_name}: Pareto front, {len(best)} of "
+                                     f"{len(complete)} complete trials")
+            if path is not None:
+                log.info("Pareto front plot: %s", path)
+        except Exception as err:
+            log.warning("Pareto plot failed (%s: %s)", type(err).__name__, err)
     return rows
+
+
+def _pruning_lines(trials: Sequence[Any]) -> list[str]:
+    """The compute pruning saved: epochs trained against epochs configured, over the trials
+    that reported both (the trial's callback records them)."""
+    import optuna
+
+    ran = [t for t in trials if t.user_attrs.get(EPOCHS_ATTR) is not None
+           and t.user_attrs.get(MAX_EPOCHS_ATTR) not in (None, -1)]
+    n_pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
+    if not n_pruned:
+        return []
+    trained = sum(int(t.user_attrs[EPOCHS_ATTR]) for t in ran)
+    budget = sum(int(t.user_attrs[MAX_EPOCHS_ATTR]) for t in ran)
+    saved = f", {budget - trained} saved ({(budget - trained) / budget:.0%})" if budget else ""
+    return [f"Pruned: {n_pruned} trial(s); epochs trained {trained} of {budget}{saved}"]
 
 
 def redraw_sweep(sweep_dir: Path) -> None:

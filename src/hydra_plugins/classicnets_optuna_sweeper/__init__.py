@@ -1,2 +1,2 @@
-"""classicnets' Optuna sweeper: Hydra's own, with each trial's job in ``<sweep dir>/<trial
+"""classicnets' Optuna sweeper, on current Optuna: each trial's job in ``<sweep dir>/<trial
 number>`` (``conf/hydra/sweeper/study.yaml``, used by ``conf/hparams_search/*.yaml``)."""

@@ -165,6 +165,12 @@ class ParallelLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
         self._procs: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
+        # one pool of slots for every launch() of this launcher: classicnets' Optuna sweeper
+        # calls launch() from several threads at once (one trial each), and a slot (a GPU) must
+        # not be handed to two of them
+        self._free: queue.SimpleQueue[Slot] | None = None
+        self._n_slots = 0
+        self._compose = threading.Lock()  # Hydra's config loader is not made for threads
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -179,34 +185,43 @@ class ParallelLauncher(Launcher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
 
-        env_gpus = None if "CUDA_VISIBLE_DEVICES" in os.environ else _cuda_device_count()
-        slots = plan_slots(self.n_jobs, visible_gpus(os.environ, env_gpus or 0), cpu_cores(),
-                           self.gpus_per_job, self.threads_per_job)
-        log.info("Launching %d jobs, %d at once, into %s", len(job_overrides), len(slots),
+        free = self._slots()
+        log.info("Launching %d jobs, %d at once, into %s", len(job_overrides), self._n_slots,
                  sweep_dir)
-        # compose every job's config here: Hydra's config loader is not made for threads
         configs = []
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config,
-                                                                     list(overrides))
-            with open_dict(cfg):
-                cfg.hydra.job.id = str(idx)
-                cfg.hydra.job.num = idx
-            configs.append((idx, cfg))
+        with self._compose:
+            for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+                log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+                cfg = self.hydra_context.config_loader.load_sweep_config(self.config,
+                                                                         list(overrides))
+                with open_dict(cfg):
+                    cfg.hydra.job.id = str(idx)
+                    cfg.hydra.job.num = idx
+                configs.append((idx, cfg))
 
-        free: queue.SimpleQueue[Slot] = queue.SimpleQueue()
-        for slot in slots:
-            free.put(slot)
         # job files live outside the sweep directory, which holds only the jobs' own outputs
         with (tempfile.TemporaryDirectory(prefix="classicnets-sweep-") as tmp,
-              ThreadPoolExecutor(max_workers=len(slots)) as pool):
+              ThreadPoolExecutor(max_workers=self._n_slots) as pool):
             futures = [pool.submit(self._run, idx, cfg, free, Path(tmp)) for idx, cfg in configs]
             try:
                 return [f.result() for f in futures]
             except BaseException:
-                self._stop_all()  # Ctrl-C or an error here: leave no job running
+                self.stop_all()  # Ctrl-C or an error here: leave no job running
                 raise
+
+    def _slots(self) -> "queue.SimpleQueue[Slot]":
+        """The free slots, planned on the first launch and shared by every later one."""
+        with self._lock:
+            if self._free is None:
+                env_gpus = (None if "CUDA_VISIBLE_DEVICES" in os.environ
+                            else _cuda_device_count())
+                slots = plan_slots(self.n_jobs, visible_gpus(os.environ, env_gpus or 0),
+                                   cpu_cores(), self.gpus_per_job, self.threads_per_job)
+                self._free = queue.SimpleQueue()
+                for slot in slots:
+                    self._free.put(slot)
+                self._n_slots = len(slots)
+            return self._free
 
     def _run(self, idx: int, config: DictConfig, free: queue.SimpleQueue[Slot],
              tmp: Path) -> JobReturn:
@@ -245,7 +260,8 @@ class ParallelLauncher(Launcher):
                          task_name=config.hydra.job.name, status=JobStatus.FAILED,
                          _return_value=error)
 
-    def _stop_all(self) -> None:
+    def stop_all(self) -> None:
+        """Terminate every job process still running (then kill those that do not stop)."""
         with self._lock:
             procs = list(self._procs)
         for proc in procs:
