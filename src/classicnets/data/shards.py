@@ -558,6 +558,8 @@ class ShardDataModule(L.LightningDataModule):
         if distortion is not None:
             distortion = {k: [float(x) for x in v] if k == "scale" else float(v)
                           for k, v in distortion.items()}
+        if policy_options is not None:  # Hydra gives a DictConfig: not weights-only loadable
+            policy_options = {str(k): v for k, v in dict(policy_options).items()}
         # storage options may hold secrets: never in a checkpoint's hyperparameters
         self.save_hyperparameters(ignore=["storage_options"], logger=False)
         require_litdata()
