@@ -8,6 +8,7 @@ are. ``trust_checkpoint=true`` is the one, logged, way past the weights-only loa
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -188,6 +189,22 @@ def test_trust_is_explicit_and_logged(hostile: tuple[Path, Path],
     with pytest.raises(UntrustedCheckpointError):  # outside the block: weights-only again
         load_file(path)
     assert not marker.exists()
+
+
+def test_lightnings_own_opt_out_is_logged_too(good_ckpt: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """``ImageClassifier.load_from_checkpoint(path, weights_only=False)``, Lightning's own way
+    past weights-only loading, is an opt-in as well: it says so in the log, naming the file;
+    ``load_checkpoint(trust=True)`` logs its opt-in once."""
+    caplog.set_level(logging.WARNING)
+    ImageClassifier.load_from_checkpoint(good_ckpt, weights_only=False)
+    assert "weights_only off" in caplog.text and str(good_ckpt) in caplog.text
+    caplog.clear()
+    ImageClassifier.load_checkpoint(good_ckpt, trust=True)
+    assert caplog.text.count(str(good_ckpt)) == 1 and "trust_checkpoint=true" in caplog.text
+    caplog.clear()
+    ImageClassifier.load_from_checkpoint(good_ckpt)  # the default: weights-only, nothing logged
+    assert str(good_ckpt) not in caplog.text
 
 
 def test_the_cli_refuses_and_the_flag_lets_through(hostile: tuple[Path, Path],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,13 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from classicnets.checkpoints import CheckpointError, check_targets, is_trusted, load_file
+from classicnets.checkpoints import (
+    CheckpointError,
+    check_targets,
+    is_trusted,
+    load_file,
+    trusting,
+)
 from classicnets.instantiate import instantiate_clean
 from classicnets.models.layers import ClassifierOutput
 from classicnets.training.compiled_step import (
@@ -36,6 +43,8 @@ from classicnets.training.finetune import (
 )
 from classicnets.training.mixing import MixConfig, Mixer, one_hot_targets
 from classicnets.training.optim import RESUME_SCHEDULES, build_scheduler, param_groups
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ImageClassifier"]
 
@@ -439,11 +448,16 @@ class ImageClassifier(L.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any,  # type: ignore[override]
                              **kwargs: Any) -> ImageClassifier:
-        """Lightning's ``load_from_checkpoint``, read weights-only (torch's default) and, unless
-        ``weights_only=False`` or ``trust_checkpoint=true``, refused when its hyperparameters
-        name code other than the network factory or a torch optimizer (rebuilding would call
-        it; :func:`classicnets.checkpoints.check_targets`)."""
-        trusted = kwargs.get("weights_only") is False or is_trusted()
+        """Lightning's ``load_from_checkpoint``, read weights-only (torch's default) and refused
+        when its hyperparameters name code other than the network factory or a torch optimizer
+        (rebuilding would call it; :func:`classicnets.checkpoints.check_targets`). The opt-outs
+        are explicit and logged: ``trust_checkpoint=true`` (the entry points) or a caller's own
+        ``weights_only`` set to false."""
+        opted_out = kwargs.get("weights_only") is False
+        if opted_out and not is_trusted():  # trusting() and load_file log their own opt-in
+            log.warning("load_from_checkpoint with weights_only off: unpickling %s in full (code "
+                        "in the file can run); only for a file you made or trust", checkpoint_path)
+        trusted = opted_out or is_trusted()
         if not trusted and isinstance(checkpoint_path, str | Path):
             ckpt = load_file(checkpoint_path, mmap=True)
             check_targets(ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None,
@@ -475,8 +489,9 @@ class ImageClassifier(L.LightningModule):
                                   f"from a model config); pass model= to rebuild its network")
         del ckpt
         try:
-            return cls.load_from_checkpoint(path, map_location="cpu", weights_only=not trust,
-                                            **kwargs)
+            with trusting(trust):  # load_file above logged the opt-in: once
+                return cls.load_from_checkpoint(path, map_location="cpu",
+                                                weights_only=not trust, **kwargs)
         except CheckpointError:  # ours name the file and the fix already
             raise
         except Exception as err:  # a network that does not match, a damaged file
