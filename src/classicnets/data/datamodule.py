@@ -31,7 +31,7 @@ from classicnets.data.gpu_decode import (
     read_encoded,
     require_cuda,
 )
-from classicnets.data.policies import AugmentPolicy
+from classicnets.data.policies import Ingredients
 from classicnets.data.repeated import RepeatedAugmentationSampler
 from classicnets.data.transforms import (
     RECIPES,
@@ -214,18 +214,12 @@ class ImageDataModule(L.LightningDataModule):
         except (TypeError, ValueError) as err:
             raise DatasetError(str(err)) from None
         try:
-            self.policy = AugmentPolicy.from_config(policy, policy_options)
+            ing = Ingredients.from_config(
+                policy=policy, policy_options=policy_options, random_erasing=random_erasing,
+                repeated_augmentation=repeated_augmentation, train_crop_size=train_crop_size)
         except (TypeError, ValueError) as err:
             raise DatasetError(str(err)) from None
-        if isinstance(random_erasing, bool) or not 0.0 <= float(random_erasing) <= 1.0:
-            raise DatasetError(f"data.random_erasing={random_erasing!r} is a probability: a "
-                               "number in [0, 1] (0: off; DeiT and torchvision's recipe: 0.25)")
-        self.random_erasing = float(random_erasing)
-        if (isinstance(repeated_augmentation, bool) or int(repeated_augmentation) !=
-                repeated_augmentation or repeated_augmentation < 1):
-            raise DatasetError(f"data.repeated_augmentation={repeated_augmentation!r} must be an "
-                               "integer >= 1 (1: off; DeiT: 3)")
-        self.repeats = int(repeated_augmentation)
+        self.policy, self.random_erasing, self.repeats = ing.policy, ing.random_erasing, ing.repeats
         if batch_size >= 1 and batch_size < self.repeats:
             raise DatasetError(f"data.repeated_augmentation={self.repeats} needs a batch of at "
                                f"least {self.repeats} images; data.batch_size={batch_size}: "
@@ -236,11 +230,7 @@ class ImageDataModule(L.LightningDataModule):
             raise DatasetError(f"data.in_channels must be 1 or 3, got {self.in_channels}")
         self.image_size = int(image_size or spec.image_size)
         # FixRes: the training crop (evaluation stays at image_size, after resize_size)
-        if train_crop_size is not None and (isinstance(train_crop_size, bool)
-                                            or int(train_crop_size) < 1):
-            raise DatasetError(f"data.train_crop_size={train_crop_size!r} must be a positive "
-                               "side in pixels, or null (= data.image_size)")
-        self.train_crop_size = int(train_crop_size or self.image_size)
+        self.train_crop_size = ing.train_crop_size or self.image_size
         if spec.in_memory:
             most = max(spec.image_size, self.image_size)
             if self.train_crop_size > most:

@@ -39,6 +39,7 @@ __all__ = [
     "AugmentPolicy",
     "BatchPolicy",
     "BatchRandomErasing",
+    "Ingredients",
     "RandAugmentWithNoise",
 ]
 
@@ -139,6 +140,36 @@ class AugmentPolicy:
         if self.name == "augmix":
             return v2.AugMix(severity=self.augmix_severity, mixture_width=self.augmix_width)
         return None
+
+
+@dataclass(frozen=True)
+class Ingredients:
+    """The recipes' data-side options of every DataModule (``data.policy``,
+    ``data.policy_options``, ``data.random_erasing``, ``data.repeated_augmentation``,
+    ``data.train_crop_size``), checked once; a bad value raises ValueError naming the option."""
+
+    policy: AugmentPolicy
+    random_erasing: float
+    repeats: int
+    train_crop_size: int | None  # None: the DataModule's image_size
+
+    @classmethod
+    def from_config(cls, *, policy: str, policy_options: Mapping[str, Any] | None,
+                    random_erasing: float, repeated_augmentation: int,
+                    train_crop_size: int | None) -> Ingredients:
+        if isinstance(random_erasing, bool) or not 0.0 <= float(random_erasing) <= 1.0:
+            raise ValueError(f"data.random_erasing={random_erasing!r} is a probability: a "
+                             "number in [0, 1] (0: off; DeiT and torchvision's recipe: 0.25)")
+        k = repeated_augmentation
+        if isinstance(k, bool) or int(k) != k or k < 1:
+            raise ValueError(f"data.repeated_augmentation={k!r} must be an integer >= 1 "
+                             "(1: off; DeiT: 3)")
+        if train_crop_size is not None and (isinstance(train_crop_size, bool)
+                                            or int(train_crop_size) < 1):
+            raise ValueError(f"data.train_crop_size={train_crop_size!r} must be a positive "
+                             "side in pixels, or null (= data.image_size)")
+        return cls(AugmentPolicy.from_config(policy, policy_options), float(random_erasing),
+                   int(k), None if train_crop_size is None else int(train_crop_size))
 
 
 class RandAugmentWithNoise(v2.RandAugment):

@@ -59,7 +59,7 @@ from classicnets.data.gpu_decode import (
     encoded_or_decoded,
     finish_encoded,
 )
-from classicnets.data.policies import AugmentPolicy
+from classicnets.data.policies import AugmentPolicy, Ingredients
 from classicnets.data.transforms import (
     RECIPES,
     Distortion,
@@ -601,26 +601,22 @@ class ShardDataModule(L.LightningDataModule):
                                                      else m.distortion)
         except (TypeError, ValueError) as err:
             raise DatasetError(str(err)) from None
-        # the recipes' data-side ingredients (conf/recipe/), as ImageDataModule takes them
+        # the recipes' data-side ingredients (conf/recipe/), checked as ImageDataModule does
         try:
-            self.policy = AugmentPolicy.from_config(policy, dict(policy_options or {}))
+            ing = Ingredients.from_config(
+                policy=policy, policy_options=policy_options, random_erasing=random_erasing,
+                repeated_augmentation=repeated_augmentation, train_crop_size=train_crop_size)
         except (TypeError, ValueError) as err:
             raise DatasetError(str(err)) from None
-        if isinstance(random_erasing, bool) or not 0.0 <= float(random_erasing) <= 1.0:
-            raise DatasetError(f"data.random_erasing={random_erasing!r} is a probability: a "
-                               f"number in [0, 1]")
-        self.random_erasing = float(random_erasing)
-        if int(repeated_augmentation) != 1:
+        if ing.repeats != 1:
             # a StreamingDataset serves each sample once per epoch (its own sharding over
             # ranks and workers); repeating samples would need a sampler it does not take
             raise DatasetError(
-                f"data.repeated_augmentation={repeated_augmentation}: data=shards streams each "
-                f"sample once per epoch and cannot repeat samples; set "
-                f"data.repeated_augmentation=1, or train from the source data config")
-        self.train_crop_size = int(train_crop_size or self.image_size)
-        if self.train_crop_size < 1:
-            raise DatasetError(f"data.train_crop_size={train_crop_size} must be a positive "
-                               f"size (or null: data.image_size)")
+                f"data.repeated_augmentation={ing.repeats}: data=shards streams each sample once "
+                f"per epoch and cannot repeat samples; set data.repeated_augmentation=1, or "
+                f"train from the source data config")
+        self.policy, self.random_erasing = ing.policy, ing.random_erasing
+        self.train_crop_size = ing.train_crop_size or self.image_size
         self.decoder = check_decoder(decoder, folder=m.kind == "folder",
                                      what=f"the shards at {self.path} hold in-memory images "
                                           "(PNG)")
