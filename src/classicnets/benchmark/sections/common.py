@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from classicnets.benchmark.device import Bench
+from classicnets.benchmark.measure import alternate
 
 __all__ = [
     "Context",
@@ -188,3 +190,37 @@ def prefetched_batches(loader: Any) -> int:
     """Batches a DataLoader's workers hold ready while another variant runs."""
     workers = int(getattr(loader, "num_workers", 0) or 0)
     return workers * int(getattr(loader, "prefetch_factor", 0) or 0) if workers else 0
+
+
+def alternate_loaders(loaders: dict[str, Any], bench: Bench, d: DictConfig, *, label: str,
+                      batch: int) -> dict[str, Any]:
+    """Training batches of each loader on the device, timed in alternating windows
+    (:func:`~classicnets.benchmark.measure.alternate`; ``d``: the section's ``rounds``,
+    ``warmup_steps``, ``window_steps``, ``min_window_s``): the data sections' comparison."""
+    # a path's prefetch queue is full when its turn comes: its warm-up drains it, so its
+    # window sees steady-state throughput only
+    warm = {k: max(int(d.warmup_steps), prefetched_batches(v) + 1) for k, v in loaders.items()}
+    streams = {k: device_batches(v, bench) for k, v in loaders.items()}
+    last_batch_s = dict.fromkeys(loaders, 0.0)
+
+    def fetch(k: str) -> Callable[[], None]:
+        def step() -> None:
+            t0 = time.perf_counter()
+            next(streams[k])
+            last_batch_s[k] = time.perf_counter() - t0
+        return step
+
+    def settle(k: str) -> None:
+        # after its window a path's workers refill their queue; on a machine with few cores
+        # that work would compete with the next path's window (and the dearer path's refill
+        # would slow the cheaper path most): wait it out, untimed
+        time.sleep(1.5 * sum(prefetched_batches(loaders[j]) * last_batch_s[j]
+                             for j in loaders if j != k))
+
+    try:
+        return alternate({k: fetch(k) for k in loaders}, rounds=int(d.rounds), warmup=warm,
+                         window=int(d.window_steps),
+                         min_window_s=float(d.get("min_window_s") or 0.0), sync=bench.sync,
+                         label=label, batch=batch, before=settle)
+    finally:
+        streams.clear()  # the streams hold their loaders' iterators (and workers)

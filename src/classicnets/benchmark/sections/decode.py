@@ -15,19 +15,16 @@ from __future__ import annotations
 import gc
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from classicnets.benchmark.measure import alternate, summarise
+from classicnets.benchmark.measure import summarise
 from classicnets.benchmark.sections.common import (
     Context,
-    device_batches,
-    prefetched_batches,
+    alternate_loaders,
     quiet_lightning,
 )
 from classicnets.benchmark.tables import (
@@ -102,7 +99,6 @@ def measure(ctx: Context) -> SectionReport:
     d = s.decode
     bs, size = int(d.batch_size), int(d.image_size)
     loaders: dict[str, Any] = {}
-    streams: dict[str, Iterator[Any]] = {}
     base = Path(tempfile.mkdtemp(prefix="classicnets-decode-"))
     try:
         write_jpeg_folder(base, int(d.num_images), int(d.width), int(d.height), int(d.quality),
@@ -120,35 +116,11 @@ def measure(ctx: Context) -> SectionReport:
                 dm.setup("fit")
                 loaders[decoder] = dm.train_dataloader()
         workers = int(loaders["pil"].num_workers)
-        # a path's prefetch queue is full when its turn comes: its warm-up drains it, so its
-        # window sees steady-state throughput only
-        warm = {k: max(int(d.warmup_steps), prefetched_batches(v) + 1) for k, v in loaders.items()}
-        streams.update({k: device_batches(v, bench) for k, v in loaders.items()})
-        last_batch_s = dict.fromkeys(DECODERS, 0.0)
-
-        def fetch(k: str) -> Callable[[], None]:
-            def step() -> None:
-                t0 = time.perf_counter()
-                next(streams[k])
-                last_batch_s[k] = time.perf_counter() - t0
-            return step
-
-        def settle(k: str) -> None:
-            # after its window a path's workers refill their queue; on a machine with few
-            # cores that work would compete with the next path's window (and the dearer
-            # path's refill would slow the cheaper path most): wait it out, untimed
-            time.sleep(1.5 * sum(prefetched_batches(loaders[j]) * last_batch_s[j]
-                                 for j in DECODERS if j != k))
-
-        windows = alternate({k: fetch(k) for k in DECODERS}, rounds=int(d.rounds),
-                            warmup=warm, window=int(d.window_steps),
-                            min_window_s=float(d.get("min_window_s") or 0.0), sync=bench.sync,
-                            label="decode", batch=bs, before=settle)
+        windows = alternate_loaders(loaders, bench, d, label="decode", batch=bs)
     finally:
         # the persistent workers go with the last reference to their loader; they must not
         # be reading (prefetching) files when the folder is removed
         loaders.clear()
-        streams.clear()
         gc.collect()
         shutil.rmtree(base, ignore_errors=True)
     note = {

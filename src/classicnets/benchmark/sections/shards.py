@@ -16,16 +16,13 @@ from __future__ import annotations
 import gc
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from classicnets.benchmark.measure import alternate, summarise
+from classicnets.benchmark.measure import summarise
 from classicnets.benchmark.sections.common import (
     Context,
-    device_batches,
-    prefetched_batches,
+    alternate_loaders,
     quiet_lightning,
 )
 from classicnets.benchmark.sections.decode import write_jpeg_folder
@@ -83,7 +80,6 @@ def measure(ctx: Context) -> SectionReport:
     bs, size = int(d.batch_size), int(d.image_size)
     variants = CPU_VARIANTS + (GPU_VARIANTS if bench.cuda else ())
     loaders: dict[str, Any] = {}
-    streams: dict[str, Iterator[Any]] = {}
     base = Path(tempfile.mkdtemp(prefix="classicnets-shards-"))
     try:
         write_jpeg_folder(base / "images", int(d.num_images), int(d.width), int(d.height),
@@ -109,30 +105,9 @@ def measure(ctx: Context) -> SectionReport:
                 dm.setup("fit")
                 loaders[v] = dm.train_dataloader()
         workers = int(loaders["folder"].num_workers)
-        warm = {k: max(int(d.warmup_steps), prefetched_batches(v) + 1) for k, v in loaders.items()}
-        streams.update({k: device_batches(v, bench) for k, v in loaders.items()})
-        last_batch_s = dict.fromkeys(variants, 0.0)
-
-        def fetch(k: str) -> Callable[[], None]:
-            def step() -> None:
-                t0 = time.perf_counter()
-                next(streams[k])
-                last_batch_s[k] = time.perf_counter() - t0
-            return step
-
-        def settle(k: str) -> None:
-            # the other paths' workers refill their queues after their windows: wait that out
-            # (untimed) so it does not compete with this path's window on a small machine
-            time.sleep(1.5 * sum(prefetched_batches(loaders[j]) * last_batch_s[j]
-                                 for j in variants if j != k))
-
-        windows = alternate({k: fetch(k) for k in variants}, rounds=int(d.rounds), warmup=warm,
-                            window=int(d.window_steps),
-                            min_window_s=float(d.get("min_window_s") or 0.0), sync=bench.sync,
-                            label="shards", batch=bs, before=settle)
+        windows = alternate_loaders(loaders, bench, d, label="shards", batch=bs)
     finally:
         loaders.clear()  # workers go with their loaders, before their files do
-        streams.clear()
         gc.collect()
         shutil.rmtree(base, ignore_errors=True)
     note = {
