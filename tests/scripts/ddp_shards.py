@@ -16,14 +16,16 @@ from classicnets.data import ImageDataModule
 
 
 class Recorder(L.LightningModule):
+    """Records the sample ids each rank trains on, per epoch (the last element of a batch)."""
+
     def __init__(self, out: Path) -> None:
         super().__init__()
         self.layer = nn.Linear(1, 1)
         self.out, self.seen = out, []
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        self.seen += y.tolist()
+        x, ids = batch[0], batch[-1]  # (images, ids) here; (images, labels, ids) for shards
+        self.seen += ids.tolist()
         return self.layer(x.mean((1, 2, 3))[:, None]).sum()
 
     def on_train_epoch_end(self) -> None:
